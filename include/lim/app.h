@@ -1,0 +1,55 @@
+/*
+ * app.h: the composition root of `limits serve`: one loop, the configuration, the router,
+ * the HTTP server, the signal handling and the ordered shutdown (c-style-anchors.md §D(e)).
+ *
+ * Shutdown: the first SIGINT/SIGTERM starts a graceful stop (listener closed, idle
+ * connections closed, requests in flight finished); a second signal, or the stop lasting
+ * longer than SHUTDOWN_TIMEOUT, forces it (every connection closed, exit status 1).
+ * Single loop thread only.
+ */
+#ifndef LIM_APP_H
+#define LIM_APP_H
+
+#include <uv.h>
+
+#include "lim/common.h"
+#include "lim/config.h"
+#include "lim/http_server.h"
+#include "lim/router.h"
+
+typedef struct lim_home_s {
+    char *html;     /* the rendered page */
+    size_t len;
+    char etag[24];  /* "\"<16 hex>\"" */
+} lim_home_t;
+
+typedef struct lim_app_s {
+    uv_loop_t *loop;
+    const lim_config_t *cfg; /* borrowed */
+    lim_router_t *router;
+    lim_server_t *server;
+    uv_signal_t sig_int, sig_term;
+    uv_timer_t stop_timer;   /* SHUTDOWN_TIMEOUT while stopping */
+    int stopping;            /* a graceful stop is under way */
+    int exit_code;           /* what `serve` returns */
+    lim_home_t home;         /* GET / */
+} lim_app_t;
+
+/**
+ * Build everything serve needs on `loop` and start listening on cfg->listen.
+ * On failure everything built is released again (the loop may need a uv_run to finish
+ * closing handles) and a message has been logged.
+ * @return 0, or a UV_E* code.
+ */
+LIM_MUSTCHECK int lim_app_start(lim_app_t *app, uv_loop_t *loop, const lim_config_t *cfg);
+
+/** Begin the graceful stop (what SIGTERM does). */
+void lim_app_stop(lim_app_t *app);
+
+/** Release what lim_app_start() built; call after uv_run() returned. */
+void lim_app_free(lim_app_t *app);
+
+/** `limits serve`: start, run the loop until stopped, return the exit status. */
+int lim_app_serve(const lim_config_t *cfg);
+
+#endif

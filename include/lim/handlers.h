@@ -1,0 +1,18 @@
+/*
+ * handlers.h: the route handlers (src/handlers/) and what they need at start-up.
+ * Each handler follows the contract of http.h; req->app is the lim_app_t.
+ */
+#ifndef LIM_HANDLERS_H
+#define LIM_HANDLERS_H
+
+#include "lim/app.h"
+#include "lim/http.h"
+
+/** Render README.md (compiled in) to the home page once. @return 0 or UV_ENOMEM. */
+LIM_MUSTCHECK int lim_home_render(lim_home_t *home);
+void lim_home_free(lim_home_t *home);
+
+void lim_handle_home(lim_req_t *req);    /* GET / and /index.html */
+void lim_handle_healthz(lim_req_t *req); /* GET /healthz */
+
+#endif

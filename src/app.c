@@ -1,0 +1,181 @@
+/*
+ * app.c: the composition root of `limits serve` (see app.h).
+ */
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lim/app.h"
+#include "lim/handlers.h"
+#include "lim/log.h"
+
+/* Every route of the API. Later issues add theirs here. */
+static const lim_route_t app_routes[] = {
+    {LIM_METHOD_GET, "/", lim_handle_home, "home"},
+    {LIM_METHOD_GET, "/index.html", lim_handle_home, "home"},
+    {LIM_METHOD_GET, "/healthz", lim_handle_healthz, "healthz"},
+};
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    (void) h; /* the handles live in lim_app_t, which the caller owns */
+}
+
+static void app_close_handles(lim_app_t *app)
+{
+    uv_handle_t *hs[] = {(uv_handle_t *) &app->sig_int, (uv_handle_t *) &app->sig_term,
+                         (uv_handle_t *) &app->stop_timer};
+
+    for (size_t i = 0; i < LIM_ARRAY_SIZE(hs); i++)
+        if (!uv_is_closing(hs[i]))
+            uv_close(hs[i], on_handle_closed);
+}
+
+static void on_server_stopped(lim_server_t *srv, void *arg)
+{
+    lim_app_t *app = arg;
+
+    (void) srv;
+    lim_log_info("stopped");
+    app_close_handles(app);
+}
+
+static void on_force_exit(uv_timer_t *t)
+{
+    (void) t;
+    /* The forced stop itself did not finish: something holds a connection. */
+    lim_log_error("forced stop did not finish; exiting");
+    _exit(1);
+}
+
+static void app_force(lim_app_t *app, const char *why)
+{
+    lim_log_warn("forcing stop: %s", why);
+    app->exit_code = 1;
+    lim_server_abort(app->server);
+    /* A last resort that does not keep the loop alive by itself. */
+    uv_timer_start(&app->stop_timer, on_force_exit, 2000, 0);
+    uv_unref((uv_handle_t *) &app->stop_timer);
+}
+
+static void on_stop_timeout(uv_timer_t *t)
+{
+    lim_app_t *app = lim_container_of(t, lim_app_t, stop_timer);
+
+    app_force(app, "shutdown timeout");
+}
+
+void lim_app_stop(lim_app_t *app)
+{
+    if (app->stopping)
+        return;
+    app->stopping = 1;
+    lim_log_info("stopping: finishing requests in flight");
+    uv_timer_start(&app->stop_timer, on_stop_timeout, app->cfg->shutdown_timeout_ms, 0);
+    lim_server_stop(app->server, on_server_stopped, app);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    lim_app_t *app = s->data;
+
+    if (app->stopping) {
+        app_force(app, signum == SIGINT ? "second SIGINT" : "second SIGTERM");
+        return;
+    }
+    lim_log_info("received %s", signum == SIGINT ? "SIGINT" : "SIGTERM");
+    lim_app_stop(app);
+}
+
+int lim_app_start(lim_app_t *app, uv_loop_t *loop, const lim_config_t *cfg)
+{
+    int rc;
+
+    memset(app, 0, sizeof(*app));
+    app->loop = loop;
+    app->cfg = cfg;
+    uv_signal_init(loop, &app->sig_int);
+    uv_signal_init(loop, &app->sig_term);
+    uv_timer_init(loop, &app->stop_timer);
+    app->sig_int.data = app->sig_term.data = app;
+
+    rc = lim_home_render(&app->home);
+    if (rc != 0) {
+        lim_log_error("cannot render the home page: %s", uv_strerror(rc));
+        goto fail_handles;
+    }
+    rc = lim_router_new(app_routes, LIM_ARRAY_SIZE(app_routes), &app->router);
+    if (rc != 0)
+        goto fail_home;
+    rc = lim_server_new(loop, cfg, app->router, app, &app->server);
+    if (rc != 0)
+        goto fail_router;
+    rc = lim_server_listen(app->server, cfg->listen);
+    if (rc != 0) {
+        lim_log_error("cannot listen on %s: %s", cfg->listen, uv_strerror(rc));
+        goto fail_server;
+    }
+    uv_signal_start(&app->sig_int, on_signal, SIGINT);
+    uv_signal_start(&app->sig_term, on_signal, SIGTERM);
+    lim_log_kv(LIM_LOG_INFO, "listening",
+               (lim_log_field_t[]){LIM_LOG_S("listen", cfg->listen),
+                                   LIM_LOG_I("port", lim_server_port(app->server)),
+                                   LIM_LOG_U("pid", (uint64_t) getpid()),
+                                   LIM_LOG_S("version", LIM_VERSION)},
+               4);
+    return 0;
+
+fail_server:
+    /* Stopping a server with no connections only closes its listener. */
+    lim_server_stop(app->server, NULL, NULL);
+    uv_run(loop, UV_RUN_DEFAULT);
+    lim_server_free(app->server);
+    app->server = NULL;
+fail_router:
+    lim_router_free(app->router);
+    app->router = NULL;
+fail_home:
+    lim_home_free(&app->home);
+fail_handles:
+    app_close_handles(app);
+    uv_run(loop, UV_RUN_DEFAULT);
+    return rc;
+}
+
+void lim_app_free(lim_app_t *app)
+{
+    lim_server_free(app->server);
+    lim_router_free(app->router);
+    lim_home_free(&app->home);
+    app->server = NULL;
+    app->router = NULL;
+}
+
+int lim_app_serve(const lim_config_t *cfg)
+{
+    uv_loop_t loop;
+    lim_app_t app;
+    int rc;
+
+    /* A client that disconnects mid-write must not kill the process (EPIPE instead). */
+    signal(SIGPIPE, SIG_IGN);
+    rc = uv_loop_init(&loop);
+    if (rc != 0) {
+        lim_log_error("uv_loop_init: %s", uv_strerror(rc));
+        return 1;
+    }
+    rc = lim_app_start(&app, &loop, cfg);
+    if (rc != 0) {
+        (void) uv_loop_close(&loop);
+        return 1;
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    lim_app_free(&app);
+    rc = uv_loop_close(&loop);
+    if (rc != 0) {
+        lim_log_error("loop closed with handles still open: %s", uv_strerror(rc));
+        return 1;
+    }
+    return app.exit_code;
+}
