@@ -85,8 +85,7 @@ int lim_cli_main(int argc, char **argv, char **envp)
 
     rc = lim_config_load(&cfg, envp, &err);
     if (rc != 0) {
-        fprintf(stderr, "limits: configuration error: %s\n",
-                err != NULL ? err : uv_strerror(rc));
+        fprintf(stderr, "limits: configuration error: %s\n", err != NULL ? err : uv_strerror(rc));
         free(err);
         lim_config_free(&cfg);
         return 2;

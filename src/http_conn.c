@@ -115,7 +115,8 @@ static int is_token_value(const char *s, size_t n)
 
 static void make_request_id(lim_server_t *srv, char *out)
 {
-    snprintf(out, LIM_HTTP_MAX_REQUEST_ID + 1, "%016llx%08llx", (unsigned long long) srv->rid_prefix,
+    snprintf(out, LIM_HTTP_MAX_REQUEST_ID + 1, "%016llx%08llx",
+             (unsigned long long) srv->rid_prefix,
              (unsigned long long) (++srv->rid_counter & 0xffffffffu));
 }
 
@@ -918,7 +919,8 @@ int lim__conn_start(lim_server_t *srv)
     if (c == NULL)
         return UV_ENOMEM;
     c->srv = srv;
-    lim_buf_init(&c->stash, LIM_HTTP_READ_BUF + LIM_HTTP_MAX_HEADER_BYTES + LIM_HTTP_MAX_BODY_BYTES);
+    lim_buf_init(&c->stash,
+                 LIM_HTTP_READ_BUF + LIM_HTTP_MAX_HEADER_BYTES + LIM_HTTP_MAX_BODY_BYTES);
     lim_buf_init(&c->out, (size_t) -1);
     rc = uv_tcp_init(srv->loop, &c->tcp);
     if (rc != 0) {

@@ -48,20 +48,20 @@ typedef enum lim_phase_e {
 } lim_phase_t;
 
 struct lim_conn_s {
-    uv_tcp_t tcp;            /* the client socket; data unused (container_of) */
-    uv_timer_t timer;        /* header/body/idle/write deadline, re-armed per phase */
-    llhttp_t parser;         /* one parser per connection, paused between requests */
-    lim_server_t *srv;       /* owner */
-    lim_conn_t *prev, *next; /* in srv->conns */
-    lim_req_t req;           /* the request being handled (handlers get &req) */
-    lim_reqmem_t *mem;       /* per-request memory, NULL between requests */
-    lim_buf_t stash;         /* bytes read but not yet parsed (pipelined requests) */
-    lim_buf_t out;           /* the response being written */
-    uv_write_t wreq;         /* the write of `out` when uv_try_write did not finish it */
-    uint64_t accepted_ns;    /* uv_hrtime() at accept */
-    uint16_t err_status;     /* status chosen by a parser callback that stopped parsing */
-    uint8_t phase;           /* lim_phase_t */
-    uint8_t closes_pending;  /* uv_close callbacks still to come (tcp, timer) */
+    uv_tcp_t tcp;                /* the client socket; data unused (container_of) */
+    uv_timer_t timer;            /* header/body/idle/write deadline, re-armed per phase */
+    llhttp_t parser;             /* one parser per connection, paused between requests */
+    lim_server_t *srv;           /* owner */
+    lim_conn_t *prev, *next;     /* in srv->conns */
+    lim_req_t req;               /* the request being handled (handlers get &req) */
+    lim_reqmem_t *mem;           /* per-request memory, NULL between requests */
+    lim_buf_t stash;             /* bytes read but not yet parsed (pipelined requests) */
+    lim_buf_t out;               /* the response being written */
+    uv_write_t wreq;             /* the write of `out` when uv_try_write did not finish it */
+    uint64_t accepted_ns;        /* uv_hrtime() at accept */
+    uint16_t err_status;         /* status chosen by a parser callback that stopped parsing */
+    uint8_t phase;               /* lim_phase_t */
+    uint8_t closes_pending;      /* uv_close callbacks still to come (tcp, timer) */
     unsigned keep_alive : 1;     /* the current request allows reuse */
     unsigned reading : 1;        /* uv_read_start is in effect */
     unsigned closing : 1;        /* conn_close() has run */
@@ -81,28 +81,28 @@ struct lim_server_s {
     const lim_router_t *router;
     void *app;
     uv_tcp_t listener;
-    int listening;           /* listener initialised */
+    int listening; /* listener initialised */
     int port;
-    lim_conn_t *conns;       /* every open connection */
-    uint32_t open;           /* how many */
-    int accept_paused;       /* a connection waits in libuv until open < max_connections */
-    int draining;            /* lim_server_stop() was called */
-    int listener_closed;     /* its close callback ran */
+    lim_conn_t *conns;   /* every open connection */
+    uint32_t open;       /* how many */
+    int accept_paused;   /* a connection waits in libuv until open < max_connections */
+    int draining;        /* lim_server_stop() was called */
+    int listener_closed; /* its close callback ran */
     lim_server_stopped_cb stopped_cb;
     void *stopped_arg;
     uint64_t accepted;
     uint64_t requests;
-    uint64_t rid_prefix;     /* random per server; request ids are prefix + counter */
+    uint64_t rid_prefix; /* random per server; request ids are prefix + counter */
     uint64_t rid_counter;
-    uint64_t date_sec;       /* the second date_str was made for */
-    char date_str[40];       /* "Date: Fri, 27 Nov 2026 03:47:05 GMT\r\n" */
+    uint64_t date_sec;            /* the second date_str was made for */
+    char date_str[40];            /* "Date: Fri, 27 Nov 2026 03:47:05 GMT\r\n" */
     char rbuf[LIM_HTTP_READ_BUF]; /* shared read buffer: read_cb consumes it at once */
 };
 
 /* http_conn.c */
-int lim__conn_start(lim_server_t *srv);            /* accept one pending client */
-void lim__conn_shutdown_idle(lim_conn_t *c);       /* graceful stop: close if idle */
-void lim__conn_abort(lim_conn_t *c);               /* forced stop */
+int lim__conn_start(lim_server_t *srv);                           /* accept one pending client */
+void lim__conn_shutdown_idle(lim_conn_t *c);                      /* graceful stop: close if idle */
+void lim__conn_abort(lim_conn_t *c);                              /* forced stop */
 void lim__conn_feed(lim_conn_t *c, const char *data, size_t len); /* as if read (tests) */
 
 /* http_server.c */

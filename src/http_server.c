@@ -37,8 +37,8 @@ static void on_connection(uv_stream_t *listener, int status)
     accept_pending(srv);
 }
 
-int lim_server_new(uv_loop_t *loop, const lim_config_t *cfg, const lim_router_t *router,
-                   void *app, lim_server_t **out)
+int lim_server_new(uv_loop_t *loop, const lim_config_t *cfg, const lim_router_t *router, void *app,
+                   lim_server_t **out)
 {
     lim_server_t *srv = calloc(1, sizeof(*srv));
 

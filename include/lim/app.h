@@ -18,9 +18,9 @@
 #include "lim/router.h"
 
 typedef struct lim_home_s {
-    char *html;     /* the rendered page */
+    char *html; /* the rendered page */
     size_t len;
-    char etag[24];  /* "\"<16 hex>\"" */
+    char etag[24]; /* "\"<16 hex>\"" */
 } lim_home_t;
 
 typedef struct lim_app_s {
@@ -29,10 +29,10 @@ typedef struct lim_app_s {
     lim_router_t *router;
     lim_server_t *server;
     uv_signal_t sig_int, sig_term;
-    uv_timer_t stop_timer;   /* SHUTDOWN_TIMEOUT while stopping */
-    int stopping;            /* a graceful stop is under way */
-    int exit_code;           /* what `serve` returns */
-    lim_home_t home;         /* GET / */
+    uv_timer_t stop_timer; /* SHUTDOWN_TIMEOUT while stopping */
+    int stopping;          /* a graceful stop is under way */
+    int exit_code;         /* what `serve` returns */
+    lim_home_t home;       /* GET / */
 } lim_app_t;
 
 /**

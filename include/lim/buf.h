@@ -17,10 +17,10 @@
 #include "lim/common.h"
 
 typedef struct lim_buf_s {
-    char *data;  /* NULL until the first append; NUL-terminated when non-NULL */
-    size_t len;  /* bytes in use, terminator excluded */
-    size_t cap;  /* bytes allocated, terminator included */
-    size_t max;  /* the most len may ever be */
+    char *data; /* NULL until the first append; NUL-terminated when non-NULL */
+    size_t len; /* bytes in use, terminator excluded */
+    size_t cap; /* bytes allocated, terminator included */
+    size_t max; /* the most len may ever be */
 } lim_buf_t;
 
 /** Initialise an empty buffer that will never hold more than `max` bytes. Allocates nothing. */

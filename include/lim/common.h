@@ -19,14 +19,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define LIM_MUSTCHECK __attribute__((warn_unused_result))
-#define LIM_UNUSED    __attribute__((unused))
+#define LIM_MUSTCHECK                    __attribute__((warn_unused_result))
+#define LIM_UNUSED                       __attribute__((unused))
 #define LIM_PRINTF(fmt_index, first_arg) __attribute__((format(printf, fmt_index, first_arg)))
 
 #define LIM_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Recover the struct that embeds `ptr` as its member `member`. */
-#define lim_container_of(ptr, type, member) ((type *) ((char *) (ptr) - offsetof(type, member)))
+#define lim_container_of(ptr, type, member) ((type *) ((char *) (ptr) -offsetof(type, member)))
 
 /* Money: int64_t minor units (cents) everywhere, with a _minor suffix on names. */
 typedef int64_t lim_money_t;

@@ -56,20 +56,20 @@ typedef void (*lim_handler_fn)(lim_req_t *req);
 
 /* A request: read-only for handlers. */
 struct lim_req_s {
-    lim_method_t method;       /* as sent; HEAD requests run the GET handler */
-    const char *method_str;    /* "GET", "POST", ... (static) */
-    const char *path;          /* request target up to '?', not NUL-terminated */
-    size_t path_len;           /*   its length */
-    const char *query;         /* after '?', or NULL */
-    size_t query_len;          /*   its length */
-    const char *body;          /* request body (NUL-terminated), "" when none */
-    size_t body_len;           /*   its length */
-    const char *request_id;    /* X-Request-Id as accepted or generated, NUL-terminated */
+    lim_method_t method;                /* as sent; HEAD requests run the GET handler */
+    const char *method_str;             /* "GET", "POST", ... (static) */
+    const char *path;                   /* request target up to '?', not NUL-terminated */
+    size_t path_len;                    /*   its length */
+    const char *query;                  /* after '?', or NULL */
+    size_t query_len;                   /*   its length */
+    const char *body;                   /* request body (NUL-terminated), "" when none */
+    size_t body_len;                    /*   its length */
+    const char *request_id;             /* X-Request-Id as accepted or generated, NUL-terminated */
     int64_t ids[LIM_HTTP_MAX_CAPTURES]; /* the route's {id} captures, in order */
-    unsigned n_ids;            /*   how many */
-    const lim_route_t *route;  /* the matched route */
-    void *app;                 /* the server's user context (lim_app_t in the server) */
-    uint64_t start_ns;         /* when the request's first byte arrived (uv_hrtime) */
+    unsigned n_ids;                     /*   how many */
+    const lim_route_t *route;           /* the matched route */
+    void *app;                          /* the server's user context (lim_app_t in the server) */
+    uint64_t start_ns;                  /* when the request's first byte arrived (uv_hrtime) */
 };
 
 /** Body ownership flags for lim_req_respond(). */

@@ -28,9 +28,9 @@ typedef void (*lim_server_stopped_cb)(lim_server_t *srv, void *arg);
 
 /* Counters a server keeps (read with lim_server_stats()). */
 typedef struct lim_server_stats_s {
-    uint64_t accepted;     /* connections accepted */
-    uint64_t requests;     /* requests answered */
-    uint32_t open;         /* connections open now */
+    uint64_t accepted;      /* connections accepted */
+    uint64_t requests;      /* requests answered */
+    uint32_t open;          /* connections open now */
     uint32_t accept_paused; /* 1 while max_connections holds accepting back */
 } lim_server_stats_t;
 

@@ -38,10 +38,10 @@ typedef enum lim_route_result_e {
 } lim_route_result_t;
 
 typedef struct lim_route_match_s {
-    const lim_route_t *route;             /* set when FOUND */
-    int64_t ids[LIM_HTTP_MAX_CAPTURES];   /* captures when FOUND */
+    const lim_route_t *route;           /* set when FOUND */
+    int64_t ids[LIM_HTTP_MAX_CAPTURES]; /* captures when FOUND */
     unsigned n_ids;
-    char allow[64];                       /* "GET, HEAD, POST" when METHOD_NOT_ALLOWED */
+    char allow[64]; /* "GET, HEAD, POST" when METHOD_NOT_ALLOWED */
 } lim_route_match_t;
 
 /**

@@ -19,7 +19,8 @@ static const char page_head[] =
     "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
     "<title>limits</title>\n<style>\n"
     "body{font-family:sans-serif;background:#eee;margin:0;padding:1em}\n"
-    ".page{max-width:48em;margin:1em auto;background:#fff;border:5px solid #ccc;padding:0 2em 1em}\n"
+    ".page{max-width:48em;margin:1em auto;background:#fff;border:5px solid #ccc;padding:0 2em "
+    "1em}\n"
     "h1,h2,h3{font-family:Georgia,serif;color:#3c948b}\n"
     "a{color:#3c948b}\n"
     "pre{background:#f6f6f6;padding:.6em;overflow-x:auto}\n"
@@ -41,8 +42,8 @@ static uint64_t fnv1a64(const char *s, size_t n)
 
 int lim_home_render(lim_home_t *home)
 {
-    char *body = cmark_markdown_to_html((const char *) lim_readme_md, lim_readme_md_len,
-                                        CMARK_OPT_DEFAULT);
+    char *body =
+        cmark_markdown_to_html((const char *) lim_readme_md, lim_readme_md_len, CMARK_OPT_DEFAULT);
     lim_buf_t page;
     int rc;
 
@@ -107,6 +108,5 @@ void lim_handle_home(lim_req_t *req)
         lim_req_respond(req, 304, NULL, NULL, 0, LIM_BODY_STATIC);
         return;
     }
-    lim_req_respond(req, 200, "text/html; charset=utf-8", home->html, home->len,
-                    LIM_BODY_STATIC);
+    lim_req_respond(req, 200, "text/html; charset=utf-8", home->html, home->len, LIM_BODY_STATIC);
 }

@@ -1,0 +1,329 @@
+/*
+ * test_http_server.c: the server over real loopback sockets: timeouts (with short configured
+ * values), max_connections, slow and idle clients, half-close, and the graceful stop with a
+ * request in flight. Every test ends with the loop closed cleanly (testsrv_finish).
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "httpc.h"
+#include "testsrv.h"
+#include "uvtest.h"
+
+static testsrv_t ts;
+
+static void short_timeouts(lim_config_t *cfg)
+{
+    cfg->header_timeout_ms = 200;
+    cfg->body_timeout_ms = 200;
+    cfg->idle_timeout_ms = 300;
+    cfg->write_timeout_ms = 300;
+}
+
+static void fini(void)
+{
+    testsrv_finish(&ts);
+}
+
+static void init_short(void)
+{
+    testsrv_start(&ts, short_timeouts);
+}
+
+static void init_default(void)
+{
+    testsrv_start(&ts, NULL);
+}
+
+static const char hello_req[] = "GET /t/hello HTTP/1.1\r\nHost: x\r\n\r\n";
+
+static uint64_t ms_since(uint64_t start_ns)
+{
+    return (uv_hrtime() - start_ns) / 1000000;
+}
+
+Test(http_server, header_timeout_answers_408_and_closes, .init = init_short, .fini = fini)
+{
+    httpc_t *c = httpc_connect(&ts.loop, ts.port);
+    uint64_t t0 = uv_hrtime();
+
+    cr_assert_eq(httpc_send(c, &ts.loop, "GET /t/hello HTTP/1.1\r\nHost:", 28), 0);
+    cr_assert(httpc_wait_eof(c, &ts.loop, 2000), "the connection was not closed");
+    cr_assert_geq(ms_since(t0), 150, "closed too early");
+    cr_assert(strncmp(c->in, "HTTP/1.1 408 Request Timeout\r\n", 30) == 0, "got: %s", c->in);
+    cr_assert_not_null(strstr(c->in, "\"code\": \"http-408\""));
+    cr_assert_not_null(strstr(c->in, "Connection: close"));
+    httpc_close(c);
+}
+
+Test(http_server, header_timeout_is_not_reset_by_trickling, .init = init_short, .fini = fini)
+{
+    /* One byte every 50 ms never completes the headers: the deadline still holds. */
+    httpc_t *c = httpc_connect(&ts.loop, ts.port);
+    const char *req = "GET /t/hello HTTP/1.1\r\nHost: xxxxxxxxxxxxxxxxxxxx";
+    uint64_t t0 = uv_hrtime();
+
+    for (size_t i = 0; i < strlen(req) && !c->eof; i++) {
+        cr_assert_eq(httpc_send(c, &ts.loop, req + i, 1), 0);
+        httpc_wait_eof(c, &ts.loop, 50);
+    }
+    cr_assert(httpc_wait_eof(c, &ts.loop, 2000));
+    cr_assert_lt(ms_since(t0), 1000, "trickling kept the connection open");
+    cr_assert_not_null(strstr(c->in, " 408 "));
+    httpc_close(c);
+}
+
+Test(http_server, body_timeout_answers_408, .init = init_short, .fini = fini)
+{
+    httpc_t *c = httpc_connect(&ts.loop, ts.port);
+    const char *req = "POST /t/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc";
+
+    cr_assert_eq(httpc_send(c, &ts.loop, req, strlen(req)), 0);
+    cr_assert(httpc_wait_eof(c, &ts.loop, 2000));
+    cr_assert(strncmp(c->in, "HTTP/1.1 408 ", 13) == 0, "got: %s", c->in);
+    httpc_close(c);
+}
+
+Test(http_server, silent_new_connection_closes_without_answer, .init = init_short, .fini = fini)
+{
+    httpc_t *c = httpc_connect(&ts.loop, ts.port);
+    uint64_t t0 = uv_hrtime();
+
+    cr_assert(httpc_wait_eof(c, &ts.loop, 2000));
+    cr_assert_geq(ms_since(t0), 150);
+    cr_assert_eq(c->len, 0, "nothing is sent to a client that never spoke");
+    httpc_close(c);
+}
+
+Test(http_server, idle_keep_alive_closes_after_idle_timeout, .init = init_short, .fini = fini)
+{
+    httpc_t *c = httpc_connect(&ts.loop, ts.port);
+    uint64_t t0;
+
+    cr_assert_eq(httpc_send(c, &ts.loop, hello_req, strlen(hello_req)), 0);
+    cr_assert(httpc_wait_for(c, &ts.loop, "hello", 2000));
+    t0 = uv_hrtime();
+    /* Still open well before the idle timeout (300 ms)... */
+    cr_assert_not(httpc_wait_eof(c, &ts.loop, 150));
+    /* ... and usable. */
+    httpc_clear(c);
+    cr_assert_eq(httpc_send(c, &ts.loop, hello_req, strlen(hello_req)), 0);
+    cr_assert(httpc_wait_for(c, &ts.loop, "hello", 2000));
+    t0 = uv_hrtime();
+    cr_assert(httpc_wait_eof(c, &ts.loop, 2000));
+    cr_assert_geq(ms_since(t0), 250);
+    httpc_close(c);
+}
+
+Test(http_server, stalled_reader_is_closed_by_write_timeout, .init = init_short, .fini = fini)
+{
+    /* 8 MiB does not fit the socket buffers of a client that never reads. */
+    httpc_t *c = httpc_connect(&ts.loop, ts.port);
+    const char *req = "GET /t/big HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    uv_poll_stop(&c->poll); /* the client stops reading */
+    cr_assert_eq(httpc_send(c, &ts.loop, req, strlen(req)), 0);
+    testsrv_wait_open(&ts, 1);
+    uvtest_run_for(&ts.loop, 100);
+    lim_server_stats_t st;
+    lim_server_stats(ts.srv, &st);
+    cr_assert_eq(st.open, 1, "still writing");
+    testsrv_wait_open(&ts, 0); /* closed by the 300 ms write timeout */
+    httpc_close(c);
+}
+
+Test(http_server, big_response_to_a_reading_client, .init = init_default, .fini = fini)
+{
+    httpc_t *c = httpc_connect(&ts.loop, ts.port);
+    const char *req =
+        "GET /t/big HTTP/1.1\r\nHost: x\r\n\r\nGET /t/hello HTTP/1.1\r\nHost: x\r\n\r\n";
+    size_t want;
+
+    cr_assert_eq(httpc_send(c, &ts.loop, req, strlen(req)), 0);
+    cr_assert(httpc_wait_for(c, &ts.loop, "\r\n\r\n", 2000));
+    want = (size_t) (strstr(c->in, "\r\n\r\n") + 4 - c->in) + 8 * 1024 * 1024;
+    httpc_wait_bytes(c, &ts.loop, want + 100, 10000);
+    cr_assert_geq(c->len, want);
+    cr_assert(httpc_wait_for(c, &ts.loop, "hello", 2000), "the pipelined request was answered");
+    cr_assert_eq(httpc_count_responses(c->in, c->len, 0), 2);
+    httpc_close(c);
+}
+
+static void max_two(lim_config_t *cfg)
+{
+    cfg->max_connections = 2;
+}
+
+static void init_max_two(void)
+{
+    testsrv_start(&ts, max_two);
+}
+
+Test(http_server, max_connections_holds_new_clients_in_the_backlog, .init = init_max_two,
+     .fini = fini)
+{
+    httpc_t *a = httpc_connect(&ts.loop, ts.port);
+    httpc_t *b = httpc_connect(&ts.loop, ts.port);
+    httpc_t *c;
+    lim_server_stats_t st;
+
+    testsrv_wait_open(&ts, 2);
+    c = httpc_connect(&ts.loop, ts.port); /* completes in the kernel backlog */
+    cr_assert_not_null(c);
+    cr_assert_eq(httpc_send(c, &ts.loop, hello_req, strlen(hello_req)), 0);
+    uvtest_run_for(&ts.loop, 100);
+    lim_server_stats(ts.srv, &st);
+    cr_assert_eq(st.open, 2);
+    cr_assert_eq(st.accept_paused, 1);
+    cr_assert_eq(c->len, 0, "the third client is not served yet");
+
+    /* The first two are served meanwhile. */
+    cr_assert_eq(httpc_send(a, &ts.loop, hello_req, strlen(hello_req)), 0);
+    cr_assert(httpc_wait_for(a, &ts.loop, "hello", 2000));
+
+    /* One leaves: the waiting client is accepted and answered. */
+    httpc_close(b);
+    cr_assert(httpc_wait_for(c, &ts.loop, "hello", 2000));
+    lim_server_stats(ts.srv, &st);
+    cr_assert_eq(st.accept_paused, 0);
+    cr_assert_eq(st.open, 2);
+    httpc_close(a);
+    httpc_close(c);
+}
+
+Test(http_server, idle_and_slow_clients_do_not_block_others, .init = init_default, .fini = fini,
+     .timeout = 60)
+{
+    enum { IDLE = 500, SLOW = 500 };
+    httpc_t **idle = calloc(IDLE + SLOW, sizeof(*idle));
+    struct rlimit rl;
+
+    /* Both ends of 1000 connections live in this process. */
+    cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    if (rl.rlim_cur < 4096 && rl.rlim_max >= 4096) {
+        rl.rlim_cur = 4096;
+        cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+    }
+    cr_assert_geq(rl.rlim_cur, 2100, "need 2100 file descriptors");
+
+    for (int i = 0; i < IDLE + SLOW; i++) {
+        idle[i] = httpc_connect(&ts.loop, ts.port);
+        cr_assert_not_null(idle[i]);
+        if (i >= IDLE) /* half a request, never finished */
+            cr_assert_eq(httpc_send(idle[i], &ts.loop, "GET /t/hello HTTP/1.1\r\nHo", 25), 0);
+    }
+    testsrv_wait_open(&ts, IDLE + SLOW);
+    for (int round = 0; round < 20; round++) {
+        httpc_t *c = httpc_connect(&ts.loop, ts.port);
+        uint64_t t0 = uv_hrtime();
+        cr_assert_eq(httpc_send(c, &ts.loop, hello_req, strlen(hello_req)), 0);
+        cr_assert(httpc_wait_for(c, &ts.loop, "hello", 1000), "round %d not answered", round);
+        cr_assert_lt(ms_since(t0), 500);
+        httpc_close(c);
+    }
+    for (int i = 0; i < IDLE + SLOW; i++)
+        httpc_close(idle[i]);
+    testsrv_wait_open(&ts, 0);
+    free(idle);
+}
+
+Test(http_server, half_close_still_answers_every_pipelined_request, .init = init_default,
+     .fini = fini)
+{
+    httpc_t *c = httpc_connect(&ts.loop, ts.port);
+    const char *req = "GET /t/async HTTP/1.1\r\nHost: x\r\n\r\nGET /t/hello HTTP/1.1\r\nHost: "
+                      "x\r\n\r\n";
+
+    cr_assert_eq(httpc_send(c, &ts.loop, req, strlen(req)), 0);
+    httpc_shutdown(c);
+    cr_assert(httpc_wait_eof(c, &ts.loop, 2000));
+    cr_assert_eq(httpc_count_responses(c->in, c->len, 0), 2, "got: %s", c->in);
+    cr_assert(strstr(c->in, "async") < strstr(c->in, "hello"));
+    httpc_close(c);
+}
+
+Test(http_server, client_gone_while_handler_runs, .init = init_default, .fini = fini)
+{
+    httpc_t *c = httpc_connect(&ts.loop, ts.port);
+    const char *req = "GET /t/slow HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    cr_assert_eq(httpc_send(c, &ts.loop, req, strlen(req)), 0);
+    uvtest_run_for(&ts.loop, 50);
+    cr_assert_eq(ts.handlers, 1);
+    httpc_close(c);
+    /* The connection waits for its handler, then goes. */
+    uvtest_run_for(&ts.loop, 50);
+    cr_assert_eq(ts.handlers, 1);
+    testsrv_wait_open(&ts, 0);
+    cr_assert_eq(ts.handlers, 0);
+}
+
+static void on_stopped(lim_server_t *srv, void *arg)
+{
+    (void) srv;
+    *(int *) arg = 1;
+}
+
+static int flag_set(void *arg)
+{
+    return *(int *) arg;
+}
+
+Test(http_server, graceful_stop_finishes_requests_in_flight, .init = init_default)
+{
+    httpc_t *busy = httpc_connect(&ts.loop, ts.port);
+    httpc_t *idle = httpc_connect(&ts.loop, ts.port);
+    const char *slow = "GET /t/slow HTTP/1.1\r\nHost: x\r\n\r\n";
+    int stopped = 0;
+
+    cr_assert_eq(httpc_send(idle, &ts.loop, hello_req, strlen(hello_req)), 0);
+    cr_assert(httpc_wait_for(idle, &ts.loop, "hello", 2000));
+    cr_assert_eq(httpc_send(busy, &ts.loop, slow, strlen(slow)), 0);
+    uvtest_run_for(&ts.loop, 50);
+    cr_assert_eq(ts.handlers, 1);
+
+    lim_server_stop(ts.srv, on_stopped, &stopped);
+    cr_assert_eq(stopped, 0, "the stop callback never runs inside lim_server_stop");
+    /* The idle connection is closed at once; the busy one gets its answer, then closes. */
+    cr_assert(httpc_wait_eof(idle, &ts.loop, 1000));
+    cr_assert_eq(stopped, 0);
+    cr_assert(httpc_wait_eof(busy, &ts.loop, 2000));
+    cr_assert(strncmp(busy->in, "HTTP/1.1 200 OK\r\n", 17) == 0, "got: %s", busy->in);
+    cr_assert_not_null(strstr(busy->in, "Connection: close\r\n"));
+    cr_assert_not_null(strstr(busy->in, "slow"));
+    cr_assert(uvtest_run_until(&ts.loop, flag_set, &stopped, 2000));
+
+    /* Nobody listens any more. */
+    cr_assert_null(httpc_connect(&ts.loop, ts.port));
+    httpc_close(busy);
+    httpc_close(idle);
+    lim_server_free(ts.srv);
+    lim_router_free(ts.router);
+    lim_config_free(&ts.cfg);
+    uvtest_close_loop(&ts.loop);
+}
+
+Test(http_server, abort_closes_everything, .init = init_default)
+{
+    httpc_t *busy = httpc_connect(&ts.loop, ts.port);
+    const char *slow = "GET /t/slow HTTP/1.1\r\nHost: x\r\n\r\n";
+    int stopped = 0;
+
+    cr_assert_eq(httpc_send(busy, &ts.loop, slow, strlen(slow)), 0);
+    uvtest_run_for(&ts.loop, 50);
+    lim_server_stop(ts.srv, on_stopped, &stopped);
+    lim_server_abort(ts.srv);
+    cr_assert(httpc_wait_eof(busy, &ts.loop, 1000));
+    cr_assert_eq(busy->len, 0, "an aborted request gets no answer");
+    /* The connection's memory waits for the handler, which still answers (into the void). */
+    cr_assert(uvtest_run_until(&ts.loop, flag_set, &stopped, 2000));
+    cr_assert_eq(ts.handlers, 0);
+    httpc_close(busy);
+    lim_server_free(ts.srv);
+    lim_router_free(ts.router);
+    lim_config_free(&ts.cfg);
+    uvtest_close_loop(&ts.loop);
+}
