@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "lim/app.h"
+#include "lim/auth.h"
 #include "lim/handlers.h"
 #include "lim/log.h"
 
@@ -15,6 +16,8 @@ static const lim_route_t app_routes[] = {
     {LIM_METHOD_GET, "/", lim_handle_home, "home"},
     {LIM_METHOD_GET, "/index.html", lim_handle_home, "home"},
     {LIM_METHOD_GET, "/healthz", lim_handle_healthz, "healthz"},
+    {LIM_METHOD_GET, "/cards/", lim_handle_cards_list, "cards_list"},
+    {LIM_METHOD_GET, "/cards/{id}/", lim_handle_card_get, "card_get"},
 };
 
 static void on_handle_closed(uv_handle_t *h)
@@ -32,13 +35,22 @@ static void app_close_handles(lim_app_t *app)
             uv_close(hs[i], on_handle_closed);
 }
 
+static void on_store_closed(void *arg)
+{
+    lim_app_t *app = arg;
+
+    app->store = NULL;
+    lim_log_info("stopped");
+    app_close_handles(app);
+}
+
 static void on_server_stopped(lim_server_t *srv, void *arg)
 {
     lim_app_t *app = arg;
 
     (void) srv;
-    lim_log_info("stopped");
-    app_close_handles(app);
+    /* No request is left that could use the database: close it, then the last handles. */
+    lim_store_close(app->store, on_store_closed, app);
 }
 
 static void on_force_exit(uv_timer_t *t)
@@ -108,9 +120,17 @@ int lim_app_start(lim_app_t *app, uv_loop_t *loop, const lim_config_t *cfg)
     rc = lim_router_new(app_routes, LIM_ARRAY_SIZE(app_routes), &app->router);
     if (rc != 0)
         goto fail_home;
+    rc = lim_store_new(loop, cfg, &app->store);
+    if (rc != 0) {
+        lim_log_error("cannot use DATABASE_URL: %s", uv_strerror(rc));
+        goto fail_router;
+    }
+    rc = lim_auth_new(app->store, cfg->auth_cache_ttl_ms, loop, &app->auth);
+    if (rc != 0)
+        goto fail_store;
     rc = lim_server_new(loop, cfg, app->router, app, &app->server);
     if (rc != 0)
-        goto fail_router;
+        goto fail_auth;
     rc = lim_server_listen(app->server, cfg->listen);
     if (rc != 0) {
         lim_log_error("cannot listen on %s: %s", cfg->listen, uv_strerror(rc));
@@ -129,9 +149,12 @@ int lim_app_start(lim_app_t *app, uv_loop_t *loop, const lim_config_t *cfg)
 fail_server:
     /* Stopping a server with no connections only closes its listener. */
     lim_server_stop(app->server, NULL, NULL);
-    uv_run(loop, UV_RUN_DEFAULT);
-    lim_server_free(app->server);
-    app->server = NULL;
+fail_auth:
+    lim_auth_free(app->auth);
+    app->auth = NULL;
+fail_store:
+    lim_store_close(app->store, NULL, NULL);
+    app->store = NULL;
 fail_router:
     lim_router_free(app->router);
     app->router = NULL;
@@ -139,12 +162,17 @@ fail_home:
     lim_home_free(&app->home);
 fail_handles:
     app_close_handles(app);
+    /* One run lets every close started above finish; only then may the server go. */
     uv_run(loop, UV_RUN_DEFAULT);
+    lim_server_free(app->server);
+    app->server = NULL;
     return rc;
 }
 
 void lim_app_free(lim_app_t *app)
 {
+    lim_auth_free(app->auth);
+    app->auth = NULL;
     lim_server_free(app->server);
     lim_router_free(app->router);
     lim_home_free(&app->home);

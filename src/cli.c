@@ -9,6 +9,7 @@
 #include "lim/cli.h"
 #include "lim/config.h"
 #include "lim/log.h"
+#include "lim/store.h"
 #include <uv.h>
 
 typedef struct command_s {
@@ -25,6 +26,63 @@ static int cmd_serve(const lim_config_t *cfg, int argc, char **argv)
     return lim_app_serve(cfg);
 }
 
+static int cmd_initdb(const lim_config_t *cfg, int argc, char **argv)
+{
+    (void) argv;
+    if (argc > 1) {
+        fprintf(stderr, "limits initdb: takes no arguments\n");
+        return 2;
+    }
+    return lim_store_initdb(cfg->database_url, stdout, stderr) == 0 ? 0 : 1;
+}
+
+static int parse_count(const char *opt, const char *v, unsigned max, unsigned *out)
+{
+    char *end;
+    unsigned long n;
+
+    if (v == NULL) {
+        fprintf(stderr, "limits fake-data: %s needs a value\n", opt);
+        return -1;
+    }
+    n = strtoul(v, &end, 10);
+    if (*v == '\0' || *end != '\0' || v[0] == '-' || n > max) {
+        fprintf(stderr, "limits fake-data: %s: expected a number from 0 to %u, got \"%s\"\n", opt,
+                max, v);
+        return -1;
+    }
+    *out = (unsigned) n;
+    return 0;
+}
+
+static int cmd_fake_data(const lim_config_t *cfg, int argc, char **argv)
+{
+    unsigned users = 0, cards = 1;
+    const char *keys = NULL;
+
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--users") == 0) {
+            if (parse_count("--users", argv[i + 1], 100000, &users) != 0)
+                return 2;
+            i++;
+        } else if (strcmp(argv[i], "--cards-per-user") == 0) {
+            if (parse_count("--cards-per-user", argv[i + 1], 100, &cards) != 0)
+                return 2;
+            i++;
+        } else if (strcmp(argv[i], "--keys-file") == 0 && i + 1 < argc) {
+            keys = argv[++i];
+        } else {
+            fprintf(stderr, "limits fake-data: unexpected argument \"%s\"\n", argv[i]);
+            return 2;
+        }
+    }
+    if (users > 0 && keys == NULL) {
+        fprintf(stderr, "limits fake-data: --users needs --keys-file to print the keys to\n");
+        return 2;
+    }
+    return lim_store_fake_data(cfg->database_url, users, cards, keys, stdout, stderr) == 0 ? 0 : 1;
+}
+
 static const command_t commands[] = {
     {"serve", "run the HTTP API server in the foreground",
      "Usage: limits serve\n"
@@ -34,6 +92,21 @@ static const command_t commands[] = {
      "A second signal, or SHUTDOWN_TIMEOUT (default 30s), forces the stop (exit status 1).\n"
      "Settings come from the environment and the file named by LIMITS_SETTINGS (see README).\n",
      cmd_serve},
+    {"initdb", "create or migrate the database schema (idempotent)",
+     "Usage: limits initdb\n"
+     "\n"
+     "Applies the schema migrations this build knows to DATABASE_URL, printing each one, or\n"
+     "that the schema is up to date. Safe to run again, and from several hosts at once.\n",
+     cmd_initdb},
+    {"fake-data", "create the user guest with card Card-1 and an API key (idempotent)",
+     "Usage: limits fake-data [--users N --keys-file PATH] [--cards-per-user M]\n"
+     "\n"
+     "Creates user guest (guest@example.com) with card Card-1 (balance 0) and prints a new API\n"
+     "key for it once. A second run creates nothing that exists and says so.\n"
+     "With --users N it also creates user1..userN, each with M cards (default 1) named\n"
+     "Card-1..Card-M and an API key, and writes one line \"user_id card_id key\" per card to\n"
+     "PATH (for tests and benchmarks).\n",
+     cmd_fake_data},
 };
 
 static void usage(FILE *out)

@@ -76,6 +76,13 @@ static const setting_t settings[] = {
     {"BRAINTREE_ENVIRONMENT", KIND_BRAINTREE_ENV, FIELD(braintree_environment), REVEAL_VALUE, 0, 0},
     {"DATABASE_URL", KIND_STRING, FIELD(database_url), REVEAL_VALUE, 0, 0},
     {"REDIS_URL", KIND_STRING, FIELD(redis_url), REVEAL_VALUE, 0, 0},
+    {"DATABASE_POOL_SIZE", KIND_COUNT, FIELD(database_pool_size), REVEAL_VALUE, 1, 1000},
+    {"DATABASE_QUEUE_MAX", KIND_COUNT, FIELD(database_queue_max), REVEAL_VALUE, 1, 1000000},
+    {"DATABASE_QUEUE_TIMEOUT", KIND_DURATION, FIELD(database_queue_timeout_ms), REVEAL_VALUE, 0, 0},
+    {"DATABASE_QUERY_TIMEOUT", KIND_DURATION, FIELD(database_query_timeout_ms), REVEAL_VALUE, 0, 0},
+    {"DATABASE_CONNECT_TIMEOUT", KIND_DURATION, FIELD(database_connect_timeout_ms), REVEAL_VALUE, 0,
+     0},
+    {"AUTH_CACHE_TTL", KIND_DURATION, FIELD(auth_cache_ttl_ms), REVEAL_VALUE, 0, 0},
 };
 
 /* What each kind expects, as the end of an "invalid value" message. */
@@ -576,6 +583,14 @@ int lim_config_defaults(lim_config_t *cfg)
     cfg->limit_month_minor = 800 * 100;
     cfg->limit_year_minor = 2000 * 100;
     cfg->limit_balance_minor = 1000 * 100;
+    /* pg.h's defaults: 16 connections, a queue of 4096 bounded to 2 s, 5 s per query and per
+     * connection attempt. */
+    cfg->database_pool_size = 16;
+    cfg->database_queue_max = 4096;
+    cfg->database_queue_timeout_ms = 2 * 1000;
+    cfg->database_query_timeout_ms = 5 * 1000;
+    cfg->database_connect_timeout_ms = 5 * 1000;
+    cfg->auth_cache_ttl_ms = 10 * 1000;
 
     for (size_t i = 0; i < LIM_ARRAY_SIZE(strings); i++) {
         char **field = (char **) ((char *) cfg + strings[i].offset);

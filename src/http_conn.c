@@ -321,11 +321,15 @@ static void dispatch(lim_conn_t *c)
         req->route = match.route;
         memcpy(req->ids, match.ids, sizeof(req->ids));
         req->n_ids = match.n_ids;
+        memcpy(req->strs, match.strs, sizeof(req->strs));
+        memcpy(req->strs_len, match.strs_len, sizeof(req->strs_len));
+        req->n_strs = match.n_strs;
         match.route->handler(req);
         return;
     }
     req->route = NULL;
     req->n_ids = 0;
+    req->n_strs = 0;
     if (rr == LIM_ROUTE_METHOD_NOT_ALLOWED) {
         if (lim_req_add_header(req, "Allow", match.allow) != 0) {
             lim_req_respond_error(req, 500, "http-500", "Out of memory.");
@@ -754,8 +758,8 @@ static void on_conn_closed(uv_handle_t *h)
     conn_maybe_free(c);
 }
 
-/* The one way a connection ends (§C.3 rule 8). */
-static void conn_close(lim_conn_t *c, const char *reason)
+/* The one way a connection ends (§C.3 rule 8); `reset` sends a TCP RST instead of a FIN. */
+static void conn_close_ex(lim_conn_t *c, const char *reason, int reset)
 {
     if (c->closing)
         return;
@@ -764,8 +768,14 @@ static void conn_close(lim_conn_t *c, const char *reason)
     if (lim_log_enabled(LIM_LOG_DEBUG))
         lim_log_debug("connection closed: %s", reason);
     c->closes_pending = 2;
-    uv_close((uv_handle_t *) &c->tcp, on_conn_closed);
+    if (!reset || uv_tcp_close_reset(&c->tcp, on_conn_closed) != 0)
+        uv_close((uv_handle_t *) &c->tcp, on_conn_closed);
     uv_close((uv_handle_t *) &c->timer, on_conn_closed);
+}
+
+static void conn_close(lim_conn_t *c, const char *reason)
+{
+    conn_close_ex(c, reason, 0);
 }
 
 /* ---- the handler-facing API (http.h) ------------------------------------------------------- */
@@ -840,6 +850,19 @@ void lim_req_respond_error(lim_req_t *req, int status, const char *code, const c
     }
     lim_req_respond(req, status, "application/json", body.data, body.len, LIM_BODY_COPY);
     lim_buf_free(&body);
+}
+
+void lim_req_drop(lim_req_t *req, int reset)
+{
+    lim_conn_t *c = lim_container_of(req, lim_conn_t, req);
+
+    assert(c->handler_active);
+    c->handler_active = 0;
+    access_log(c, 0, 0);
+    if (!c->closing)
+        conn_close_ex(c, reset ? "dropped by the handler (reset)" : "dropped by the handler",
+                      reset);
+    conn_maybe_free(c);
 }
 
 int lim_req_gone(const lim_req_t *req)

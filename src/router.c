@@ -11,9 +11,16 @@
 
 #define MAX_SEGMENTS 8
 
+/* What a pattern segment matches. */
+enum { SEG_LITERAL = 0, SEG_ID, SEG_STR };
+
+/* Longest segment a {*} capture takes. */
+#define MAX_STR_CAPTURE 255
+
 typedef struct seg_s {
-    const char *text; /* into the pattern; NULL for an {id} capture */
+    const char *text; /* into the pattern (or the request path) */
     size_t len;
+    int kind; /* SEG_*: always SEG_LITERAL for request paths */
 } seg_t;
 
 typedef struct compiled_s {
@@ -71,6 +78,7 @@ static int split(const char *p, size_t len, seg_t *seg, unsigned *n_out)
             return -1;
         seg[n].text = p + i;
         seg[n].len = end - i;
+        seg[n].kind = SEG_LITERAL;
         n++;
         i = end + 1;
     }
@@ -88,7 +96,7 @@ int lim_router_new(const lim_route_t *routes, size_t n, lim_router_t **out)
     r->n = n;
     for (size_t i = 0; i < n; i++) {
         compiled_t *c = &r->c[i];
-        unsigned captures = 0;
+        unsigned ids = 0, strs = 0;
 
         c->route = &routes[i];
         if (split(routes[i].pattern, strlen(routes[i].pattern), c->seg, &c->n_seg) != 0 ||
@@ -99,11 +107,14 @@ int lim_router_new(const lim_route_t *routes, size_t n, lim_router_t **out)
         }
         for (unsigned s = 0; s < c->n_seg; s++) {
             if (c->seg[s].len == 4 && memcmp(c->seg[s].text, "{id}", 4) == 0) {
-                c->seg[s].text = NULL;
-                captures++;
+                c->seg[s].kind = SEG_ID;
+                ids++;
+            } else if (c->seg[s].len == 3 && memcmp(c->seg[s].text, "{*}", 3) == 0) {
+                c->seg[s].kind = SEG_STR;
+                strs++;
             }
         }
-        if (captures > LIM_HTTP_MAX_CAPTURES) {
+        if (ids > LIM_HTTP_MAX_CAPTURES || strs > LIM_HTTP_MAX_CAPTURES) {
             lim_log_error("route %s has too many captures", routes[i].pattern);
             free(r);
             return UV_EINVAL;
@@ -138,21 +149,33 @@ static int parse_id(const char *s, size_t len, int64_t *out)
 
 static int path_matches(const compiled_t *c, const seg_t *seg, unsigned n, lim_route_match_t *m)
 {
-    unsigned ids = 0;
+    unsigned ids = 0, strs = 0;
 
     if (n != c->n_seg)
         return 0;
     for (unsigned i = 0; i < n; i++) {
-        if (c->seg[i].text == NULL) {
+        switch (c->seg[i].kind) {
+        case SEG_ID:
             if (parse_id(seg[i].text, seg[i].len, &m->ids[ids]) != 0)
                 return 0;
             ids++;
-        } else if (c->seg[i].len != seg[i].len ||
-                   memcmp(c->seg[i].text, seg[i].text, seg[i].len) != 0) {
-            return 0;
+            break;
+        case SEG_STR:
+            /* split() never yields an empty segment, so only the upper bound is checked. */
+            if (seg[i].len > MAX_STR_CAPTURE)
+                return 0;
+            m->strs[strs] = seg[i].text;
+            m->strs_len[strs] = seg[i].len;
+            strs++;
+            break;
+        default:
+            if (c->seg[i].len != seg[i].len || memcmp(c->seg[i].text, seg[i].text, seg[i].len) != 0)
+                return 0;
+            break;
         }
     }
     m->n_ids = ids;
+    m->n_strs = strs;
     return 1;
 }
 
@@ -197,6 +220,7 @@ lim_route_result_t lim_router_match(const lim_router_t *r, lim_method_t method, 
             allow_add(m->allow, sizeof(m->allow), "HEAD");
     }
     m->n_ids = 0;
+    m->n_strs = 0;
     return LIM_ROUTE_METHOD_NOT_ALLOWED;
 }
 

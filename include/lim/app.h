@@ -3,8 +3,9 @@
  * the HTTP server, the signal handling and the ordered shutdown (c-style-anchors.md §D(e)).
  *
  * Shutdown: the first SIGINT/SIGTERM starts a graceful stop (listener closed, idle
- * connections closed, requests in flight finished); a second signal, or the stop lasting
- * longer than SHUTDOWN_TIMEOUT, forces it (every connection closed, exit status 1).
+ * connections closed, requests in flight finished, then the database pool closed); a second
+ * signal, or the stop lasting longer than SHUTDOWN_TIMEOUT, forces it (every connection
+ * closed, exit status 1).
  * Single loop thread only.
  */
 #ifndef LIM_APP_H
@@ -16,6 +17,9 @@
 #include "lim/config.h"
 #include "lim/http_server.h"
 #include "lim/router.h"
+#include "lim/store.h"
+
+typedef struct lim_auth_s lim_auth_t;
 
 typedef struct lim_home_s {
     char *html; /* the rendered page */
@@ -28,6 +32,8 @@ typedef struct lim_app_s {
     const lim_config_t *cfg; /* borrowed */
     lim_router_t *router;
     lim_server_t *server;
+    lim_store_t *store; /* PostgreSQL: ledger, balances, keys */
+    lim_auth_t *auth;   /* API-key checks with their cache */
     uv_signal_t sig_int, sig_term;
     uv_timer_t stop_timer; /* SHUTDOWN_TIMEOUT while stopping */
     int stopping;          /* a graceful stop is under way */

@@ -73,6 +73,17 @@ typedef struct lim_config_s {
     char *database_url; /* DATABASE_URL, libpq URI, default the local stack's
                            "postgresql://limits@127.0.0.1:54329/limits" */
     char *redis_url;    /* REDIS_URL, default "redis://127.0.0.1:63799/0" */
+
+    /* PostgreSQL pool (pg.h) */
+    uint32_t database_pool_size;          /* DATABASE_POOL_SIZE, default 16, 1..1000 */
+    uint32_t database_queue_max;          /* DATABASE_QUEUE_MAX, default 4096, 1..1000000 */
+    uint64_t database_queue_timeout_ms;   /* DATABASE_QUEUE_TIMEOUT, default 2s */
+    uint64_t database_query_timeout_ms;   /* DATABASE_QUERY_TIMEOUT, default 5s */
+    uint64_t database_connect_timeout_ms; /* DATABASE_CONNECT_TIMEOUT, default 5s */
+
+    /* Authentication */
+    uint64_t auth_cache_ttl_ms; /* AUTH_CACHE_TTL, default 10s: how long a key lookup is
+                                   remembered (a revoked key may work that long) */
 } lim_config_t;
 
 /** Fill `cfg` with the built-in defaults. @return 0 or UV_ENOMEM. */

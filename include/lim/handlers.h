@@ -12,7 +12,15 @@
 LIM_MUSTCHECK int lim_home_render(lim_home_t *home);
 void lim_home_free(lim_home_t *home);
 
-void lim_handle_home(lim_req_t *req);    /* GET / and /index.html */
-void lim_handle_healthz(lim_req_t *req); /* GET /healthz */
+void lim_handle_home(lim_req_t *req);       /* GET / and /index.html */
+void lim_handle_healthz(lim_req_t *req);    /* GET /healthz */
+void lim_handle_cards_list(lim_req_t *req); /* GET /cards/ */
+void lim_handle_card_get(lim_req_t *req);   /* GET /cards/{id}/ */
+
+/** 503 service-unavailable with Retry-After: 1 (nothing was changed). */
+void lim_respond_unavailable(lim_req_t *req, const char *message);
+
+/** 404 http-404 with the original's message. */
+void lim_respond_not_found(lim_req_t *req);
 
 #endif

@@ -34,7 +34,7 @@
 #define LIM_HTTP_MAX_URL_BYTES    (8 * 1024)  /* request target, else 414 */
 #define LIM_HTTP_MAX_HEADERS      100         /* header lines, else 431 */
 #define LIM_HTTP_MAX_BODY_BYTES   (64 * 1024) /* request body, else 413 */
-#define LIM_HTTP_MAX_CAPTURES     4           /* {id} captures per route */
+#define LIM_HTTP_MAX_CAPTURES     4           /* {id} (and {*}) captures per route */
 #define LIM_HTTP_MAX_REQUEST_ID   128         /* accepted X-Request-Id length */
 
 typedef enum lim_method_e {
@@ -67,9 +67,12 @@ struct lim_req_s {
     const char *request_id;             /* X-Request-Id as accepted or generated, NUL-terminated */
     int64_t ids[LIM_HTTP_MAX_CAPTURES]; /* the route's {id} captures, in order */
     unsigned n_ids;                     /*   how many */
-    const lim_route_t *route;           /* the matched route */
-    void *app;                          /* the server's user context (lim_app_t in the server) */
-    uint64_t start_ns;                  /* when the request's first byte arrived (uv_hrtime) */
+    const char *strs[LIM_HTTP_MAX_CAPTURES]; /* the route's {*} captures, in order (in path) */
+    size_t strs_len[LIM_HTTP_MAX_CAPTURES];  /*   their lengths (1..255; not NUL-terminated) */
+    unsigned n_strs;                         /*   how many */
+    const lim_route_t *route;                /* the matched route */
+    void *app;                               /* the server's user context (lim_app_t) */
+    uint64_t start_ns;                       /* when the request's first byte arrived (uv_hrtime) */
 };
 
 /** Body ownership flags for lim_req_respond(). */
@@ -104,6 +107,13 @@ void lim_req_respond(lim_req_t *req, int status, const char *content_type, const
  * {"status": "error", "errors": [{"code": code, "message": message}]}.
  */
 void lim_req_respond_error(lim_req_t *req, int status, const char *code, const char *message);
+
+/**
+ * End the request without any answer by closing the connection: with a TCP reset when `reset`
+ * is non-zero, else with a normal close. For fault injection (the fake gateway) and for
+ * handlers that must hang up. Counts as the handler's one answer.
+ */
+void lim_req_drop(lim_req_t *req, int reset);
 
 /** Whether the client has gone (closed, reset, timed out) while the handler ran. */
 int lim_req_gone(const lim_req_t *req);

@@ -126,6 +126,12 @@ static void assert_defaults(const lim_config_t *cfg)
     cr_assert(eq(str, cfg->braintree_environment, "sandbox"));
     cr_assert(eq(str, cfg->database_url, "postgresql://limits@127.0.0.1:54329/limits"));
     cr_assert(eq(str, cfg->redis_url, "redis://127.0.0.1:63799/0"));
+    cr_assert(eq(u32, cfg->database_pool_size, 16));
+    cr_assert(eq(u32, cfg->database_queue_max, 4096));
+    cr_assert(eq(u64, cfg->database_queue_timeout_ms, 2000));
+    cr_assert(eq(u64, cfg->database_query_timeout_ms, 5000));
+    cr_assert(eq(u64, cfg->database_connect_timeout_ms, 5000));
+    cr_assert(eq(u64, cfg->auth_cache_ttl_ms, 10000));
 }
 
 Test(config, defaults)
@@ -538,6 +544,48 @@ Test(config, count_values)
     assert_set_rejected("MAX_CONNECTIONS", "10k");
 }
 
+Test(config, database_pool_values)
+{
+    lim_config_t cfg;
+    cr_assert(eq(int, lim_config_defaults(&cfg), 0));
+    assert_set_ok(&cfg, "DATABASE_POOL_SIZE", "1");
+    cr_assert(eq(u32, cfg.database_pool_size, 1));
+    assert_set_ok(&cfg, "DATABASE_POOL_SIZE", "1000");
+    cr_assert(eq(u32, cfg.database_pool_size, 1000));
+    assert_set_ok(&cfg, "DATABASE_QUEUE_MAX", "1");
+    cr_assert(eq(u32, cfg.database_queue_max, 1));
+    assert_set_ok(&cfg, "DATABASE_QUEUE_MAX", "1000000");
+    cr_assert(eq(u32, cfg.database_queue_max, 1000000));
+    assert_set_ok(&cfg, "DATABASE_QUEUE_TIMEOUT", "250ms");
+    cr_assert(eq(u64, cfg.database_queue_timeout_ms, 250));
+    assert_set_ok(&cfg, "DATABASE_QUERY_TIMEOUT", "1m");
+    cr_assert(eq(u64, cfg.database_query_timeout_ms, 60000));
+    assert_set_ok(&cfg, "DATABASE_CONNECT_TIMEOUT", "3");
+    cr_assert(eq(u64, cfg.database_connect_timeout_ms, 3000));
+    assert_set_ok(&cfg, "AUTH_CACHE_TTL", "1h");
+    cr_assert(eq(u64, cfg.auth_cache_ttl_ms, 3600000));
+    lim_config_free(&cfg);
+
+    assert_parse_error("DATABASE_POOL_SIZE = 1001\n",
+                       "settings.cfg:1: DATABASE_POOL_SIZE: invalid value \"1001\": "
+                       "expected a whole number from 1 to 1000");
+    assert_parse_error("DATABASE_QUEUE_MAX = 0\n",
+                       "settings.cfg:1: DATABASE_QUEUE_MAX: invalid value \"0\": "
+                       "expected a whole number from 1 to 1000000");
+    assert_env_error("DATABASE_QUERY_TIMEOUT", "0s",
+                     "environment: DATABASE_QUERY_TIMEOUT: invalid value \"0s\": "
+                     "expected a duration like 10s or 250ms, more than 0 and at most 24h");
+    assert_env_error("AUTH_CACHE_TTL", "soon",
+                     "environment: AUTH_CACHE_TTL: invalid value \"soon\": "
+                     "expected a duration like 10s or 250ms");
+    assert_set_rejected("DATABASE_POOL_SIZE", "0");
+    assert_set_rejected("DATABASE_POOL_SIZE", "-1");
+    assert_set_rejected("DATABASE_QUEUE_MAX", "1000001");
+    assert_set_rejected("DATABASE_QUEUE_TIMEOUT", "0");
+    assert_set_rejected("DATABASE_CONNECT_TIMEOUT", "25h");
+    assert_set_rejected("AUTH_CACHE_TTL", "");
+}
+
 Test(config, switch_values)
 {
     static const struct {
@@ -691,6 +739,12 @@ Test(config, every_key_is_settable)
         {"BRAINTREE_ENVIRONMENT", "https://bt.test"},
         {"DATABASE_URL", "postgresql://u:p@db/x"},
         {"REDIS_URL", "redis://r:1/2"},
+        {"DATABASE_POOL_SIZE", "3"},
+        {"DATABASE_QUEUE_MAX", "9"},
+        {"DATABASE_QUEUE_TIMEOUT", "6s"},
+        {"DATABASE_QUERY_TIMEOUT", "7s"},
+        {"DATABASE_CONNECT_TIMEOUT", "8s"},
+        {"AUTH_CACHE_TTL", "9s"},
     };
     char *envp[sizeof(all) / sizeof(all[0]) + 1];
     char storage[sizeof(all) / sizeof(all[0])][64];
@@ -735,6 +789,12 @@ Test(config, every_key_is_settable)
         cr_assert(eq(str, cfg.braintree_environment, "https://bt.test"));
         cr_assert(eq(str, cfg.database_url, "postgresql://u:p@db/x"));
         cr_assert(eq(str, cfg.redis_url, "redis://r:1/2"));
+        cr_assert(eq(u32, cfg.database_pool_size, 3));
+        cr_assert(eq(u32, cfg.database_queue_max, 9));
+        cr_assert(eq(u64, cfg.database_queue_timeout_ms, 6000));
+        cr_assert(eq(u64, cfg.database_query_timeout_ms, 7000));
+        cr_assert(eq(u64, cfg.database_connect_timeout_ms, 8000));
+        cr_assert(eq(u64, cfg.auth_cache_ttl_ms, 9000));
         lim_config_free(&cfg);
     }
 }

@@ -1,0 +1,210 @@
+/*
+ * migrations.c: see migrations.h. The schema of limits (PRODUCT.md §3, reliability-notes §3).
+ *
+ * The money rules are enforced by the database itself, so that no code path (a bug, a manual
+ * fix, a future feature) can break them:
+ *   - amounts and balances are BIGINT minor units with range CHECKs;
+ *   - a load's (card_id, user_id) must be a real card and its owner (composite foreign key), so
+ *     the per-user window sums can never count a load against the wrong user;
+ *   - a succeeded load carries its Braintree transaction id, is final, and the ledger is
+ *     append-only (triggers), so "balance = sum of succeeded loads" cannot be undone by an
+ *     UPDATE or DELETE of a load;
+ *   - order_id is unique, so Braintree's duplicate-order protection and reconciliation by
+ *     order id refer to exactly one load.
+ * Times come from the database clock (now()), one clock for every instance.
+ */
+#include "lim/migrations.h"
+
+#include "lim/common.h"
+#include "lim/store.h"
+
+static const lim_migration_t migrations[] = {
+    {1, "initial schema",
+     /* Users. The Braintree customer id is ours to choose (a UUID string, made here so every
+      * user has one from the start); braintree_customer_created records whether the customer
+      * exists at Braintree yet, so it is created once and remembered. */
+     "CREATE TABLE users (\n"
+     "    id bigserial PRIMARY KEY,\n"
+     "    username text NOT NULL CONSTRAINT users_username_key UNIQUE\n"
+     "        CONSTRAINT users_username_length CHECK (octet_length(username) BETWEEN 1 AND 255),\n"
+     "    email text NOT NULL CONSTRAINT users_email_key UNIQUE\n"
+     "        CONSTRAINT users_email_length CHECK (octet_length(email) BETWEEN 3 AND 320),\n"
+     "    braintree_customer_id varchar(36) NOT NULL DEFAULT gen_random_uuid()::text\n"
+     "        CONSTRAINT users_braintree_customer_id_key UNIQUE,\n"
+     "    braintree_customer_created boolean NOT NULL DEFAULT false,\n"
+     "    created_at timestamptz NOT NULL DEFAULT now()\n"
+     ");\n"
+
+     /* API keys: only the SHA-256 of the key is stored. The unique index on key_hash is the
+      * lookup index; revoked keys stay (for audit) with revoked_at set. */
+     "CREATE TABLE api_keys (\n"
+     "    id bigserial PRIMARY KEY,\n"
+     "    user_id bigint NOT NULL REFERENCES users (id),\n"
+     "    key_hash bytea NOT NULL CONSTRAINT api_keys_key_hash_key UNIQUE\n"
+     "        CONSTRAINT api_keys_key_hash_sha256 CHECK (octet_length(key_hash) = 32),\n"
+     "    prefix text NOT NULL\n"
+     "        CONSTRAINT api_keys_prefix_length CHECK (octet_length(prefix) BETWEEN 1 AND 32),\n"
+     "    created_at timestamptz NOT NULL DEFAULT now(),\n"
+     "    revoked_at timestamptz NULL\n"
+     ");\n"
+     "CREATE INDEX api_keys_user_id_idx ON api_keys (user_id);\n"
+
+     /* Cards. The name fits lim_card_t.name (127 bytes and the terminator). The balance
+      * ceiling (10^11 cents) is a hard backstop far above any configured LIMIT_BALANCE; the
+      * configured limit itself is checked by the load flow. (user_id, name) is unique and also
+      * serves as the index on user_id; (id, user_id) is unique so loads can reference it. */
+     "CREATE TABLE cards (\n"
+     "    id bigserial PRIMARY KEY,\n"
+     "    user_id bigint NOT NULL REFERENCES users (id),\n"
+     "    name text NOT NULL\n"
+     "        CONSTRAINT cards_name_length CHECK (octet_length(name) BETWEEN 1 AND 127),\n"
+     "    balance_minor bigint NOT NULL DEFAULT 0\n"
+     "        CONSTRAINT cards_balance_range\n"
+     "        CHECK (balance_minor >= 0 AND balance_minor <= 100000000000),\n"
+     "    created_at timestamptz NOT NULL DEFAULT now(),\n"
+     "    CONSTRAINT cards_user_id_name_key UNIQUE (user_id, name),\n"
+     "    CONSTRAINT cards_id_user_id_key UNIQUE (id, user_id)\n"
+     ");\n"
+
+     /* Loads: the ledger. user_id is a copy of the card's owner, kept so the per-user window
+      * sums need no join; the composite foreign key makes a disagreement impossible (and, with
+      * cards.user_id referencing users, also makes user_id a valid user). Its check takes a KEY
+      * SHARE lock on the card, which does not conflict with balance updates. The amount ceiling
+      * is LIM_MONEY_MAX_MINOR. */
+     "CREATE TABLE loads (\n"
+     "    id bigserial PRIMARY KEY,\n"
+     "    card_id bigint NOT NULL,\n"
+     "    user_id bigint NOT NULL,\n"
+     "    amount_minor bigint NOT NULL\n"
+     "        CONSTRAINT loads_amount_range\n"
+     "        CHECK (amount_minor > 0 AND amount_minor <= 10000000000000),\n"
+     "    status text NOT NULL DEFAULT 'pending'\n"
+     "        CONSTRAINT loads_status_valid\n"
+     "        CHECK (status IN ('pending', 'succeeded', 'declined', 'failed', 'unknown')),\n"
+     "    order_id text NOT NULL CONSTRAINT loads_order_id_key UNIQUE\n"
+     "        CONSTRAINT loads_order_id_length CHECK (octet_length(order_id) BETWEEN 1 AND 255),\n"
+     "    braintree_transaction_id text NULL\n"
+     "        CONSTRAINT loads_braintree_transaction_id_length\n"
+     "        CHECK (octet_length(braintree_transaction_id) BETWEEN 1 AND 255),\n"
+     "    error_code text NULL,\n"
+     "    error_text text NULL,\n"
+     "    idempotency_key text NULL\n"
+     "        CONSTRAINT loads_idempotency_key_length\n"
+     "        CHECK (octet_length(idempotency_key) BETWEEN 1 AND 255),\n"
+     "    created_at timestamptz NOT NULL DEFAULT now(),\n"
+     "    updated_at timestamptz NOT NULL DEFAULT now(),\n"
+     "    CONSTRAINT loads_card_owner_fkey FOREIGN KEY (card_id, user_id)\n"
+     "        REFERENCES cards (id, user_id),\n"
+     "    CONSTRAINT loads_succeeded_has_transaction\n"
+     "        CHECK (status <> 'succeeded' OR braintree_transaction_id IS NOT NULL)\n"
+     ");\n"
+     /* The user's rolling sums count succeeded and in-flight loads only; this partial index
+      * carries the amount, so a 365-day sum reads the index alone. */
+     "CREATE INDEX loads_user_window_idx ON loads (user_id, created_at) INCLUDE (amount_minor)\n"
+     "    WHERE status IN ('pending', 'succeeded', 'unknown');\n"
+     /* A card's in-flight total (the balance rule); in-flight loads are few, so it is tiny. */
+     "CREATE INDEX loads_card_inflight_idx ON loads (card_id) INCLUDE (amount_minor)\n"
+     "    WHERE status IN ('pending', 'unknown');\n"
+     /* Reconciliation: the oldest unresolved loads first. */
+     "CREATE INDEX loads_reconcile_idx ON loads (status, created_at)\n"
+     "    WHERE status IN ('pending', 'unknown');\n"
+     /* A card's loads, newest first (and the foreign key's index on card_id). */
+     "CREATE INDEX loads_card_id_idx ON loads (card_id, id DESC);\n"
+
+     /* The Braintree order id defaults to "load-<id>": a BEFORE INSERT trigger sees the id
+      * the sequence just gave, which a column DEFAULT cannot. An explicit order_id is kept. */
+     "CREATE FUNCTION loads_fill_order_id() RETURNS trigger LANGUAGE plpgsql AS $f$\n"
+     "BEGIN\n"
+     "    IF NEW.order_id IS NULL THEN\n"
+     "        NEW.order_id := 'load-' || NEW.id;\n"
+     "    END IF;\n"
+     "    RETURN NEW;\n"
+     "END\n"
+     "$f$;\n"
+     "CREATE TRIGGER loads_fill_order_id BEFORE INSERT ON loads\n"
+     "    FOR EACH ROW EXECUTE FUNCTION loads_fill_order_id();\n"
+
+     /* What a load is never allowed to become. A succeeded load has been credited: leaving
+      * that status would let reconciliation credit it again, or leave a balance without its
+      * load. Nothing returns to pending (that would re-enter the charge flow), and the
+      * identity of a load (card, owner, amount, order id, time) never changes. updated_at
+      * follows every change. */
+     "CREATE FUNCTION loads_guard_update() RETURNS trigger LANGUAGE plpgsql AS $f$\n"
+     "BEGIN\n"
+     "    IF NEW.id <> OLD.id OR NEW.card_id <> OLD.card_id OR NEW.user_id <> OLD.user_id\n"
+     "       OR NEW.amount_minor <> OLD.amount_minor OR NEW.order_id <> OLD.order_id\n"
+     "       OR NEW.created_at <> OLD.created_at THEN\n"
+     "        RAISE EXCEPTION 'load %: id, card_id, user_id, amount_minor, order_id and "
+     "created_at never change', OLD.id\n"
+     "            USING ERRCODE = 'check_violation';\n"
+     "    END IF;\n"
+     "    IF OLD.status = 'succeeded' AND NEW.status <> 'succeeded' THEN\n"
+     "        RAISE EXCEPTION 'load %: succeeded is final (it was credited)', OLD.id\n"
+     "            USING ERRCODE = 'check_violation';\n"
+     "    END IF;\n"
+     "    IF NEW.status = 'pending' AND OLD.status <> 'pending' THEN\n"
+     "        RAISE EXCEPTION 'load %: % cannot go back to pending', OLD.id, OLD.status\n"
+     "            USING ERRCODE = 'check_violation';\n"
+     "    END IF;\n"
+     "    IF OLD.braintree_transaction_id IS NOT NULL\n"
+     "       AND NEW.braintree_transaction_id IS DISTINCT FROM OLD.braintree_transaction_id THEN\n"
+     "        RAISE EXCEPTION 'load %: braintree_transaction_id never changes once set', OLD.id\n"
+     "            USING ERRCODE = 'check_violation';\n"
+     "    END IF;\n"
+     "    NEW.updated_at := now();\n"
+     "    RETURN NEW;\n"
+     "END\n"
+     "$f$;\n"
+     "CREATE TRIGGER loads_guard_update BEFORE UPDATE ON loads\n"
+     "    FOR EACH ROW EXECUTE FUNCTION loads_guard_update();\n"
+
+     /* The ledger is append-only (reliability-notes §3.3): corrections are new rows. */
+     "CREATE FUNCTION loads_forbid_delete() RETURNS trigger LANGUAGE plpgsql AS $f$\n"
+     "BEGIN\n"
+     "    RAISE EXCEPTION 'load %: the ledger is append-only', OLD.id\n"
+     "        USING ERRCODE = 'check_violation';\n"
+     "END\n"
+     "$f$;\n"
+     "CREATE TRIGGER loads_forbid_delete BEFORE DELETE ON loads\n"
+     "    FOR EACH ROW EXECUTE FUNCTION loads_forbid_delete();\n"
+
+     /* Idempotency-Key records (PRODUCT.md §2): one per user and key. request_fingerprint is
+      * the SHA-256 of the canonical request, so a reuse with a different request is told
+      * apart; status 'running' with locked_at marks a request in progress (409, or taken over
+      * once the lock is stale), 'done' holds the stored response for replays. load_id links
+      * the load the request created, for a replay of a pending load. Pruned by created_at. */
+     "CREATE TABLE idempotency_keys (\n"
+     "    user_id bigint NOT NULL REFERENCES users (id),\n"
+     "    key text NOT NULL\n"
+     "        CONSTRAINT idempotency_keys_key_length CHECK (octet_length(key) BETWEEN 1 AND 255),\n"
+     "    request_fingerprint bytea NOT NULL\n"
+     "        CONSTRAINT idempotency_keys_fingerprint_sha256\n"
+     "        CHECK (octet_length(request_fingerprint) = 32),\n"
+     "    status text NOT NULL DEFAULT 'running'\n"
+     "        CONSTRAINT idempotency_keys_status_valid CHECK (status IN ('running', 'done')),\n"
+     "    locked_at timestamptz NULL DEFAULT now(),\n"
+     "    load_id bigint NULL REFERENCES loads (id),\n"
+     "    response_status integer NULL\n"
+     "        CONSTRAINT idempotency_keys_response_status_range\n"
+     "        CHECK (response_status BETWEEN 100 AND 599),\n"
+     "    response_body text NULL,\n"
+     "    created_at timestamptz NOT NULL DEFAULT now(),\n"
+     "    updated_at timestamptz NOT NULL DEFAULT now(),\n"
+     "    PRIMARY KEY (user_id, key),\n"
+     "    CONSTRAINT idempotency_keys_done_has_response\n"
+     "        CHECK ((status = 'done') = (response_status IS NOT NULL AND response_body IS NOT "
+     "NULL))\n"
+     ");\n"
+     "CREATE INDEX idempotency_keys_created_at_idx ON idempotency_keys (created_at);\n"},
+};
+
+/* The build's schema version is the last migration: a new migration without the bump (or the
+ * reverse) does not compile. */
+_Static_assert(LIM_ARRAY_SIZE(migrations) == LIM_SCHEMA_VERSION,
+               "LIM_SCHEMA_VERSION must be the number of the last migration");
+
+const lim_migration_t *lim_migrations(size_t *n)
+{
+    *n = LIM_ARRAY_SIZE(migrations);
+    return migrations;
+}

@@ -1,0 +1,1018 @@
+/*
+ * store.c: see store.h. The SQL of limits.
+ *
+ * The asynchronous half is a table of prepared statements (stmts[]) run on the pg.h pool; each
+ * call allocates a small request that carries the caller's callback to the result. The
+ * blocking half (initdb, fake-data) uses plain libpq, because it runs in CLI commands before
+ * or instead of a loop.
+ *
+ * Rolling windows are measured on the database clock and in hours, never in days: for a
+ * timestamptz, now() - interval '1 day' is a calendar day in the session's time zone (23 or 25
+ * hours across a DST change), while the limits are rolling 24 h, 30 x 24 h and 365 x 24 h
+ * (PRODUCT.md §2). A load is inside a window when created_at > now() - window, so a load made
+ * exactly 24 h ago no longer counts towards the day. The load flow must use the same bounds.
+ */
+#include "lim/store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+
+#include "lim/apikey.h"
+#include "lim/buf.h"
+#include "lim/log.h"
+#include "lim/migrations.h"
+
+/* pg_advisory_xact_lock() keys: "limits" in ASCII, then a number per purpose. They are
+ * per database, so separate test databases never wait for each other. */
+#define MIGRATION_LOCK_SQL "SELECT pg_advisory_xact_lock(7811895328343523329)"
+#define FAKE_DATA_LOCK_SQL "SELECT pg_advisory_xact_lock(7811895328343523330)"
+
+#define FAKE_USERS_MAX      1000000u
+#define FAKE_CARDS_MAX      1000u
+#define ARRAY_LITERAL_MAX   (256u * 1024 * 1024)
+#define CLI_CONNECT_TIMEOUT "10" /* seconds, unless the conninfo says otherwise */
+
+/* ---- asynchronous: the statements ------------------------------------------------------- */
+
+enum {
+    STMT_USER_BY_KEY_HASH,
+    STMT_CARDS_LIST,
+    STMT_CARD_GET,
+};
+
+/* Every statement names its owner in the WHERE clause (store.h: ownership inside the SQL). */
+static const lim_pg_stmt_t stmts[] = {
+    [STMT_USER_BY_KEY_HASH] = {"user_by_key_hash",
+                               "SELECT user_id FROM api_keys"
+                               " WHERE key_hash = $1::bytea AND revoked_at IS NULL",
+                               1},
+    [STMT_CARDS_LIST] = {"cards_list",
+                         "SELECT id, name, balance_minor FROM cards"
+                         " WHERE user_id = $1::bigint ORDER BY id",
+                         1},
+    /* One round trip: the card, the owner's window sums (succeeded and in-flight loads; the
+     * predicate matches loads_user_window_idx so the sums read that index), and the card's
+     * in-flight total (loads_card_inflight_idx). Aggregates without GROUP BY always give one
+     * row, so the lateral joins never drop the card. */
+    [STMT_CARD_GET] =
+        {"card_get",
+         "SELECT c.id, c.name, c.balance_minor,"
+         "       COALESCE(w.day_minor, 0), COALESCE(w.month_minor, 0),"
+         "       COALESCE(w.year_minor, 0), COALESCE(f.inflight_minor, 0)"
+         "  FROM cards c"
+         " CROSS JOIN LATERAL ("
+         "       SELECT sum(l.amount_minor)"
+         "                  FILTER (WHERE l.created_at > now() - interval '24 hours') AS day_minor,"
+         "              sum(l.amount_minor)"
+         "                  FILTER (WHERE l.created_at > now() - interval '720 hours')"
+         "                  AS month_minor,"
+         "              sum(l.amount_minor) AS year_minor"
+         "         FROM loads l"
+         "        WHERE l.user_id = c.user_id"
+         "          AND l.status IN ('pending', 'succeeded', 'unknown')"
+         "          AND l.created_at > now() - interval '8760 hours') w"
+         " CROSS JOIN LATERAL ("
+         "       SELECT sum(l.amount_minor) AS inflight_minor"
+         "         FROM loads l"
+         "        WHERE l.card_id = c.id AND l.status IN ('pending', 'unknown')) f"
+         " WHERE c.id = $2::bigint AND c.user_id = $1::bigint",
+         2},
+};
+
+struct lim_store_s {
+    lim_pg_pool_t *pool;
+    lim_store_closed_cb closed_cb;
+    void *closed_arg;
+};
+
+/* One call in flight: the caller's callback, until the pool answers. */
+typedef struct req_s {
+    union {
+        lim_store_user_cb user;
+        lim_store_cards_cb cards;
+        lim_store_card_cb card;
+    } cb;
+    void *arg;
+} req_t;
+
+int lim_store_new(uv_loop_t *loop, const lim_config_t *cfg, lim_store_t **out)
+{
+    lim_pg_opts_t opts;
+    lim_store_t *store = calloc(1, sizeof(*store));
+    if (store == NULL)
+        return UV_ENOMEM;
+
+    lim_pg_opts_defaults(&opts);
+    opts.conninfo = cfg->database_url;
+    opts.size = cfg->database_pool_size;
+    opts.queue_max = cfg->database_queue_max;
+    opts.queue_timeout_ms = cfg->database_queue_timeout_ms;
+    opts.query_timeout_ms = cfg->database_query_timeout_ms;
+    opts.connect_timeout_ms = cfg->database_connect_timeout_ms;
+    opts.stmts = stmts;
+    opts.n_stmts = LIM_ARRAY_SIZE(stmts);
+
+    int rc = lim_pg_pool_new(loop, &opts, &store->pool);
+    if (rc != 0) {
+        free(store);
+        return rc;
+    }
+    *out = store;
+    return 0;
+}
+
+lim_pg_pool_t *lim_store_pool(lim_store_t *store)
+{
+    return store->pool;
+}
+
+static void on_pool_closed(lim_pg_pool_t *pool, void *arg)
+{
+    lim_store_t *store = arg;
+    lim_store_closed_cb cb = store->closed_cb;
+    void *cb_arg = store->closed_arg;
+
+    (void) pool;
+    free(store);
+    if (cb != NULL)
+        cb(cb_arg);
+}
+
+void lim_store_close(lim_store_t *store, lim_store_closed_cb cb, void *arg)
+{
+    store->closed_cb = cb;
+    store->closed_arg = arg;
+    lim_pg_pool_close(store->pool, on_pool_closed, store);
+}
+
+/* The callbacks of store.h carry no message, so a failure is logged here, once, with the
+ * statement it came from. Cancellation is the pool closing: nothing to report. */
+static int query_failed(const lim_pg_result_t *r, unsigned stmt)
+{
+    if (r->status == 0)
+        return 0;
+    if (r->status != UV_ECANCELED) {
+        lim_log_field_t f[] = {
+            LIM_LOG_S("stmt", stmts[stmt].name),
+            LIM_LOG_S("error", uv_err_name(r->status)),
+            LIM_LOG_S("sqlstate", r->sqlstate),
+            LIM_LOG_S("detail", r->errmsg),
+        };
+        lim_log_kv(LIM_LOG_WARN, "database query failed", f, LIM_ARRAY_SIZE(f));
+    }
+    return 1;
+}
+
+/* A result that does not have the shape the statement promises: the schema is not the one
+ * this build expects. */
+static int bad_result(unsigned stmt, const char *what)
+{
+    lim_log_field_t f[] = {LIM_LOG_S("stmt", stmts[stmt].name), LIM_LOG_S("detail", what)};
+    lim_log_kv(LIM_LOG_ERROR, "unexpected database result", f, LIM_ARRAY_SIZE(f));
+    return UV_EPROTO;
+}
+
+static int start(lim_store_t *store, unsigned stmt, const char *const *params, int nparams,
+                 lim_pg_cb cb, req_t *req)
+{
+    int rc = lim_pg_query(store->pool, stmt, params, nparams, cb, req);
+    if (rc != 0)
+        free(req);
+    return rc;
+}
+
+/* Read a card's first three columns (id, name, balance_minor) of `row`. */
+static int get_card(const PGresult *res, int row, unsigned stmt, lim_card_t *card)
+{
+    int len = PQgetlength(res, row, 1);
+
+    if (PQnfields(res) < 3 || lim_pg_get_i64(res, row, 0, &card->id) != 0 ||
+        lim_pg_get_i64(res, row, 2, &card->balance_minor) != 0)
+        return bad_result(stmt, "card id or balance is not a number");
+    /* cards_name_length keeps names within lim_card_t.name. */
+    if (PQgetisnull(res, row, 1) || len < 0 || (size_t) len >= sizeof(card->name))
+        return bad_result(stmt, "card name missing or too long");
+    memcpy(card->name, PQgetvalue(res, row, 1), (size_t) len);
+    card->name[len] = '\0';
+    return 0;
+}
+
+static void on_user_by_key(const lim_pg_result_t *r, void *arg)
+{
+    req_t *req = arg;
+    lim_store_user_cb cb = req->cb.user;
+    void *cb_arg = req->arg;
+    int64_t user_id = 0;
+    int status = r->status;
+
+    free(req);
+    if (query_failed(r, STMT_USER_BY_KEY_HASH)) {
+        cb(status, 0, cb_arg);
+        return;
+    }
+    /* key_hash is unique: at most one row. */
+    if (PQntuples(r->res) > 0 && (lim_pg_get_i64(r->res, 0, 0, &user_id) != 0 || user_id <= 0)) {
+        cb(bad_result(STMT_USER_BY_KEY_HASH, "user id is not a number"), 0, cb_arg);
+        return;
+    }
+    cb(0, user_id, cb_arg);
+}
+
+int lim_store_user_by_key(lim_store_t *store, const uint8_t key_hash[32], lim_store_user_cb cb,
+                          void *arg)
+{
+    /* bytea's hex input format: "\x" and two hex digits per byte. */
+    char hex[2 + 64 + 1] = "\\x";
+    const char *params[1] = {hex};
+    req_t *req = malloc(sizeof(*req));
+
+    if (req == NULL)
+        return UV_ENOMEM;
+    lim_apikey_hex(key_hash, hex + 2);
+    req->cb.user = cb;
+    req->arg = arg;
+    return start(store, STMT_USER_BY_KEY_HASH, params, 1, on_user_by_key, req);
+}
+
+static void on_cards_list(const lim_pg_result_t *r, void *arg)
+{
+    req_t *req = arg;
+    lim_store_cards_cb cb = req->cb.cards;
+    void *cb_arg = req->arg;
+    int status = r->status;
+
+    free(req);
+    if (query_failed(r, STMT_CARDS_LIST)) {
+        cb(status, NULL, 0, cb_arg);
+        return;
+    }
+    int n = PQntuples(r->res);
+    if (n == 0) {
+        cb(0, NULL, 0, cb_arg);
+        return;
+    }
+    lim_card_t *cards = calloc((size_t) n, sizeof(*cards));
+    if (cards == NULL) {
+        cb(UV_ENOMEM, NULL, 0, cb_arg);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        int rc = get_card(r->res, i, STMT_CARDS_LIST, &cards[i]);
+        if (rc != 0) {
+            free(cards);
+            cb(rc, NULL, 0, cb_arg);
+            return;
+        }
+    }
+    cb(0, cards, (size_t) n, cb_arg);
+    free(cards);
+}
+
+int lim_store_cards_list(lim_store_t *store, int64_t user_id, lim_store_cards_cb cb, void *arg)
+{
+    char user[24];
+    const char *params[1] = {user};
+    req_t *req = malloc(sizeof(*req));
+
+    if (req == NULL)
+        return UV_ENOMEM;
+    snprintf(user, sizeof(user), "%" PRId64, user_id);
+    req->cb.cards = cb;
+    req->arg = arg;
+    return start(store, STMT_CARDS_LIST, params, 1, on_cards_list, req);
+}
+
+static void on_card_get(const lim_pg_result_t *r, void *arg)
+{
+    req_t *req = arg;
+    lim_store_card_cb cb = req->cb.card;
+    void *cb_arg = req->arg;
+    lim_card_detail_t card;
+    int status = r->status;
+
+    free(req);
+    if (query_failed(r, STMT_CARD_GET)) {
+        cb(status, NULL, cb_arg);
+        return;
+    }
+    /* No row: no such card, or not this user's; the caller cannot tell, by design. */
+    if (PQntuples(r->res) == 0) {
+        cb(0, NULL, cb_arg);
+        return;
+    }
+    int rc = get_card(r->res, 0, STMT_CARD_GET, &card.card);
+    if (rc == 0 && (PQnfields(r->res) < 7 || lim_pg_get_i64(r->res, 0, 3, &card.day_minor) != 0 ||
+                    lim_pg_get_i64(r->res, 0, 4, &card.month_minor) != 0 ||
+                    lim_pg_get_i64(r->res, 0, 5, &card.year_minor) != 0 ||
+                    lim_pg_get_i64(r->res, 0, 6, &card.inflight_minor) != 0))
+        rc = bad_result(STMT_CARD_GET, "a sum is not a 64-bit number");
+    cb(rc, rc == 0 ? &card : NULL, cb_arg);
+}
+
+int lim_store_card_get(lim_store_t *store, int64_t user_id, int64_t card_id, lim_store_card_cb cb,
+                       void *arg)
+{
+    char user[24];
+    char card[24];
+    const char *params[2] = {user, card};
+    req_t *req = malloc(sizeof(*req));
+
+    if (req == NULL)
+        return UV_ENOMEM;
+    snprintf(user, sizeof(user), "%" PRId64, user_id);
+    snprintf(card, sizeof(card), "%" PRId64, card_id);
+    req->cb.card = cb;
+    req->arg = arg;
+    return start(store, STMT_CARD_GET, params, 2, on_card_get, req);
+}
+
+/* ---- blocking: connections and queries for CLI commands --------------------------------- */
+
+/* Print "<what>: <libpq's message>" without libpq's trailing newline. */
+static void print_pq_error(FILE *err, const char *what, const char *msg)
+{
+    size_t len = strlen(msg);
+    while (len > 0 && (msg[len - 1] == '\n' || msg[len - 1] == ' '))
+        len--;
+    fprintf(err, "%s: %.*s\n", what, (int) len, msg);
+}
+
+static PGconn *cli_connect(const char *conninfo, FILE *err)
+{
+    /* dbname comes last so that whatever the conninfo sets wins over these fallbacks
+     * (libpq: with expand_dbname, later keywords override earlier ones). */
+    static const char *const keys[] = {"connect_timeout", "fallback_application_name", "dbname",
+                                       NULL};
+    const char *values[] = {CLI_CONNECT_TIMEOUT, "limits", conninfo, NULL};
+
+    PGconn *db = PQconnectdbParams(keys, values, 1);
+    if (db == NULL) {
+        fprintf(err, "cannot connect to the database: out of memory\n");
+        return NULL;
+    }
+    if (PQstatus(db) != CONNECTION_OK) {
+        print_pq_error(err, "cannot connect to the database", PQerrorMessage(db));
+        PQfinish(db);
+        return NULL;
+    }
+    /* IF NOT EXISTS and ON CONFLICT are routine here; their notices are not news. */
+    PGresult *res = PQexec(db, "SET client_min_messages = warning");
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok)
+        print_pq_error(err, "cannot set up the session", PQresultErrorMessage(res));
+    PQclear(res);
+    if (!ok) {
+        PQfinish(db);
+        return NULL;
+    }
+    return db;
+}
+
+/* Run `sql` with text parameters and expect `want`; on failure print "<what>: <error>" and
+ * return NULL. The caller PQclear()s the result. */
+static PGresult *cli_exec(PGconn *db, const char *sql, int n, const char *const *params,
+                          ExecStatusType want, const char *what, FILE *err)
+{
+    PGresult *res = PQexecParams(db, sql, n, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) == want)
+        return res;
+    print_pq_error(err, what, res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(db));
+    PQclear(res);
+    return NULL;
+}
+
+/* A statement whose result is not needed. @return 0 or -1 (printed). */
+static int cli_run(PGconn *db, const char *sql, const char *what, FILE *err)
+{
+    PGresult *res = cli_exec(db, sql, 0, NULL, PGRES_COMMAND_OK, what, err);
+    if (res == NULL)
+        return -1;
+    PQclear(res);
+    return 0;
+}
+
+/* Take a transaction-scoped advisory lock (a SELECT: it returns a row). */
+static int cli_lock(PGconn *db, const char *sql, FILE *err)
+{
+    PGresult *res = cli_exec(db, sql, 0, NULL, PGRES_TUPLES_OK, "cannot take the lock", err);
+    if (res == NULL)
+        return -1;
+    PQclear(res);
+    return 0;
+}
+
+/* After a failure inside a transaction; its own failure changes nothing (the server rolls
+ * back when the connection closes). */
+static void cli_rollback(PGconn *db)
+{
+    PQclear(PQexec(db, "ROLLBACK"));
+}
+
+/* ---- blocking: initdb ------------------------------------------------------------------- */
+
+static const char create_migrations_table[] = "CREATE TABLE IF NOT EXISTS schema_migrations (\n"
+                                              "    version integer PRIMARY KEY,\n"
+                                              "    name text NOT NULL,\n"
+                                              "    applied_at timestamptz NOT NULL DEFAULT now()\n"
+                                              ")";
+
+/*
+ * Apply migration m unless it is recorded, in one transaction under the migration lock. The
+ * check comes after the lock: a concurrent initdb that got there first has committed by then,
+ * and READ COMMITTED shows its row to this statement.
+ * @return 1 applied, 0 was already there, -1 failed (printed).
+ */
+static int apply_migration(PGconn *db, const lim_migration_t *m, FILE *err)
+{
+    char version[16];
+    char what[160];
+    const char *params[2] = {version, m->name};
+
+    snprintf(version, sizeof(version), "%d", m->version);
+    snprintf(what, sizeof(what), "migration %d (%s) failed", m->version, m->name);
+    if (cli_run(db, "BEGIN", what, err) != 0)
+        return -1;
+    if (cli_lock(db, MIGRATION_LOCK_SQL, err) != 0)
+        goto fail;
+
+    PGresult *res = cli_exec(db, "SELECT 1 FROM schema_migrations WHERE version = $1::int", 1,
+                             params, PGRES_TUPLES_OK, what, err);
+    if (res == NULL)
+        goto fail;
+    int exists = PQntuples(res) > 0;
+    PQclear(res);
+    if (exists)
+        return cli_run(db, "COMMIT", what, err) == 0 ? 0 : -1;
+
+    /* Simple query protocol: a migration may hold several statements. */
+    res = PQexec(db, m->sql);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK) {
+        print_pq_error(err, what, res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(db));
+        PQclear(res);
+        goto fail;
+    }
+    PQclear(res);
+    res = cli_exec(db, "INSERT INTO schema_migrations (version, name) VALUES ($1::int, $2)", 2,
+                   params, PGRES_COMMAND_OK, what, err);
+    if (res == NULL)
+        goto fail;
+    PQclear(res);
+    return cli_run(db, "COMMIT", what, err) == 0 ? 1 : -1;
+
+fail:
+    cli_rollback(db);
+    return -1;
+}
+
+/* The highest version recorded (0 when none), or -1 (printed). */
+static long schema_version(PGconn *db, FILE *err)
+{
+    PGresult *res = cli_exec(db, "SELECT COALESCE(max(version), 0) FROM schema_migrations", 0, NULL,
+                             PGRES_TUPLES_OK, "cannot read the schema version", err);
+    if (res == NULL)
+        return -1;
+    long v = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    return v;
+}
+
+int lim_store_initdb(const char *conninfo, FILE *out, FILE *err)
+{
+    size_t n;
+    const lim_migration_t *m = lim_migrations(&n);
+    int rc = -1;
+    unsigned applied = 0;
+
+    PGconn *db = cli_connect(conninfo, err);
+    if (db == NULL)
+        return -1;
+
+    /* The bookkeeping table, under the same lock: two concurrent CREATE TABLE IF NOT EXISTS
+     * can both pass the check and one then fails on the catalog's unique index. */
+    if (cli_run(db, "BEGIN", "cannot start a transaction", err) != 0)
+        goto done;
+    if (cli_lock(db, MIGRATION_LOCK_SQL, err) != 0 ||
+        cli_run(db, create_migrations_table, "cannot create schema_migrations", err) != 0 ||
+        cli_run(db, "COMMIT", "cannot create schema_migrations", err) != 0) {
+        cli_rollback(db);
+        goto done;
+    }
+
+    for (size_t i = 0; i < n; i++) {
+        int r = apply_migration(db, &m[i], err);
+        if (r < 0)
+            goto done;
+        if (r > 0) {
+            applied++;
+            fprintf(out, "applied migration %d: %s\n", m[i].version, m[i].name);
+            fflush(out);
+        }
+    }
+
+    long version = schema_version(db, err);
+    if (version < 0)
+        goto done;
+    if (version > LIM_SCHEMA_VERSION)
+        /* A newer build migrated this database; this one's migrations are all there, so it
+         * can run against it, and there is nothing to undo. */
+        fprintf(out, "schema is at version %ld, newer than this build's %d; nothing to do\n",
+                version, LIM_SCHEMA_VERSION);
+    else if (applied == 0)
+        fprintf(out, "schema is up to date (version %ld)\n", version);
+    else
+        fprintf(out, "schema is at version %ld\n", version);
+    rc = 0;
+
+done:
+    PQfinish(db);
+    return rc;
+}
+
+/* ---- blocking: fake-data ---------------------------------------------------------------- */
+
+/* Which users get a new API key. */
+typedef enum key_policy_e {
+    KEYS_NONE,               /* none: there is nowhere to show them */
+    KEYS_IF_MISSING,         /* users without a live key */
+    KEYS_IF_MISSING_OR_CARDS /* ... and users that got new cards, whose lines need a key */
+} key_policy_t;
+
+typedef struct fake_user_s {
+    int64_t id;
+    const char *name;             /* into the caller's storage */
+    int created;                  /* the user row was created by this run */
+    unsigned new_cards;           /* cards created by this run */
+    int had_key;                  /* had a live key before this run */
+    int new_key;                  /* key holds a key created by this run */
+    char key[LIM_APIKEY_LEN + 1]; /* shown once, then wiped */
+} fake_user_t;
+
+/* A set of users to make sure of: each with cards "Card-1".."Card-<cards>". */
+typedef struct fake_set_s {
+    fake_user_t *users; /* n, caller's */
+    unsigned n;
+    const char *names;  /* text[] literal of the usernames, in users[] order */
+    const char *emails; /* text[] literal of their emails */
+    unsigned cards;
+    key_policy_t keys;
+    unsigned users_created;
+    unsigned cards_created;
+    unsigned keys_created;
+    PGresult *new_cards; /* (user_id, id, name) of the cards created, for messages */
+} fake_set_t;
+
+typedef struct id_index_s {
+    int64_t id;
+    unsigned i;
+} id_index_t;
+
+static int cmp_id_index(const void *a, const void *b)
+{
+    const id_index_t *x = a;
+    const id_index_t *y = b;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static fake_user_t *find_user(fake_set_t *set, const id_index_t *index, const char *id_text)
+{
+    id_index_t key = {.id = strtoll(id_text, NULL, 10)};
+    id_index_t *hit = bsearch(&key, index, set->n, sizeof(*index), cmp_id_index);
+    return hit != NULL ? &set->users[hit->i] : NULL;
+}
+
+/* Append `s` to an array literal as a quoted element (ours never hold quotes or
+ * backslashes: user names, emails, hex and key prefixes). */
+static int array_add(lim_buf_t *b, const char *s)
+{
+    return lim_buf_printf(b, "%s\"%s\"", b->len > 1 ? "," : "", s);
+}
+
+/*
+ * Insert the users of `set` that are missing, their missing cards, and the keys the policy
+ * asks for; fill set->users[] and the counters. Runs inside the caller's transaction.
+ * @return 0 or -1 (printed).
+ */
+static int ensure_users(PGconn *db, fake_set_t *set, FILE *err)
+{
+    char cards[16];
+    const char *params[2] = {set->names, set->emails};
+    id_index_t *index = NULL;
+    PGresult *created = NULL;
+    PGresult *res = NULL;
+    lim_buf_t ids;
+    lim_buf_t hashes;
+    lim_buf_t prefixes;
+    int rc = -1;
+
+    lim_buf_init(&ids, ARRAY_LITERAL_MAX);
+    lim_buf_init(&hashes, ARRAY_LITERAL_MAX);
+    lim_buf_init(&prefixes, ARRAY_LITERAL_MAX);
+    snprintf(cards, sizeof(cards), "%u", set->cards);
+
+    /* Users: an existing one is kept as it is. Only missing names are offered to the insert,
+     * so reruns do not burn sequence numbers (ids stay 1, 2, 3...); ON CONFLICT covers an
+     * email that belongs to someone else, reported below. */
+    created =
+        cli_exec(db,
+                 "INSERT INTO users (username, email)"
+                 " SELECT w.username, w.email"
+                 "   FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS w (username, email, i)"
+                 "  WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.username = w.username)"
+                 "  ORDER BY w.i"
+                 " ON CONFLICT DO NOTHING RETURNING id",
+                 2, params, PGRES_TUPLES_OK, "cannot create users", err);
+    if (created == NULL)
+        goto done;
+    res = cli_exec(db,
+                   "SELECT u.id, EXISTS (SELECT 1 FROM api_keys k"
+                   "                      WHERE k.user_id = u.id AND k.revoked_at IS NULL)"
+                   "  FROM unnest($1::text[]) WITH ORDINALITY AS w (username, i)"
+                   "  LEFT JOIN users u ON u.username = w.username"
+                   " ORDER BY w.i",
+                   1, params, PGRES_TUPLES_OK, "cannot read users", err);
+    if (res == NULL)
+        goto done;
+    index = calloc(set->n, sizeof(*index));
+    if (index == NULL || PQntuples(res) != (int) set->n) {
+        fprintf(err, "cannot read users: %s\n", index == NULL ? "out of memory" : "row count");
+        goto done;
+    }
+    for (unsigned i = 0; i < set->n; i++) {
+        fake_user_t *u = &set->users[i];
+        if (PQgetisnull(res, (int) i, 0)) {
+            /* The insert was skipped on the email's unique key, not the name's. */
+            fprintf(err, "cannot create user %s: its email belongs to another user\n", u->name);
+            goto done;
+        }
+        u->id = strtoll(PQgetvalue(res, (int) i, 0), NULL, 10);
+        u->had_key = PQgetvalue(res, (int) i, 1)[0] == 't';
+        index[i] = (id_index_t){.id = u->id, .i = i};
+    }
+    PQclear(res);
+    res = NULL;
+    qsort(index, set->n, sizeof(*index), cmp_id_index);
+    for (int r = 0; r < PQntuples(created); r++) {
+        fake_user_t *u = find_user(set, index, PQgetvalue(created, r, 0));
+        if (u != NULL)
+            u->created = 1;
+    }
+    set->users_created = (unsigned) PQntuples(created);
+
+    /* Cards, by name: an existing name is kept (with its balance). */
+    set->new_cards = cli_exec(
+        db,
+        "INSERT INTO cards (user_id, name)"
+        " SELECT u.id, 'Card-' || g"
+        "   FROM users u CROSS JOIN generate_series(1, $2::int) g"
+        "  WHERE u.username = ANY ($1::text[])"
+        "    AND NOT EXISTS (SELECT 1 FROM cards c"
+        "                     WHERE c.user_id = u.id AND c.name = 'Card-' || g)"
+        "  ORDER BY u.id, g"
+        " ON CONFLICT (user_id, name) DO NOTHING"
+        " RETURNING user_id, id, name",
+        2, (const char *const[]){set->names, cards}, PGRES_TUPLES_OK, "cannot create cards", err);
+    if (set->new_cards == NULL)
+        goto done;
+    set->cards_created = (unsigned) PQntuples(set->new_cards);
+    for (unsigned r = 0; r < set->cards_created; r++) {
+        fake_user_t *u = find_user(set, index, PQgetvalue(set->new_cards, (int) r, 0));
+        if (u != NULL)
+            u->new_cards++;
+    }
+
+    /* Keys: made here, only their hashes go to the database. */
+    int bufrc = lim_buf_append_str(&ids, "{");
+    bufrc = bufrc != 0 ? bufrc : lim_buf_append_str(&hashes, "{");
+    bufrc = bufrc != 0 ? bufrc : lim_buf_append_str(&prefixes, "{");
+    for (unsigned i = 0; i < set->n && bufrc == 0; i++) {
+        fake_user_t *u = &set->users[i];
+        int want = set->keys == KEYS_IF_MISSING            ? !u->had_key
+                   : set->keys == KEYS_IF_MISSING_OR_CARDS ? !u->had_key || u->new_cards > 0
+                                                           : 0;
+        if (!want)
+            continue;
+        uint8_t hash[32];
+        char hex[65];
+        char id[24];
+        char prefix[LIM_APIKEY_PREFIX_LEN + 1];
+        if (lim_apikey_generate(u->key) != 0) {
+            fprintf(err, "cannot make an API key: the system's random source failed\n");
+            goto done;
+        }
+        u->new_key = 1;
+        set->keys_created++;
+        lim_apikey_hash(u->key, LIM_APIKEY_LEN, hash);
+        lim_apikey_hex(hash, hex);
+        memcpy(prefix, u->key, LIM_APIKEY_PREFIX_LEN);
+        prefix[LIM_APIKEY_PREFIX_LEN] = '\0';
+        snprintf(id, sizeof(id), "%" PRId64, u->id);
+        bufrc = array_add(&ids, id);
+        bufrc = bufrc != 0 ? bufrc : array_add(&hashes, hex);
+        bufrc = bufrc != 0 ? bufrc : array_add(&prefixes, prefix);
+    }
+    bufrc = bufrc != 0 ? bufrc : lim_buf_append_str(&ids, "}");
+    bufrc = bufrc != 0 ? bufrc : lim_buf_append_str(&hashes, "}");
+    bufrc = bufrc != 0 ? bufrc : lim_buf_append_str(&prefixes, "}");
+    if (bufrc != 0) {
+        fprintf(err, "cannot make API keys: %s\n", uv_strerror(bufrc));
+        goto done;
+    }
+    if (set->keys_created > 0) {
+        res = cli_exec(db,
+                       "INSERT INTO api_keys (user_id, key_hash, prefix)"
+                       " SELECT t.u, decode(t.h, 'hex'), t.p"
+                       "   FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t (u, h, p)",
+                       3, (const char *const[]){ids.data, hashes.data, prefixes.data},
+                       PGRES_COMMAND_OK, "cannot store API keys", err);
+        if (res == NULL)
+            goto done;
+    }
+    rc = 0;
+
+done:
+    PQclear(res);
+    PQclear(created);
+    free(index);
+    lim_buf_free(&ids);
+    lim_buf_free(&hashes);
+    lim_buf_free(&prefixes);
+    return rc;
+}
+
+/* Wipe the keys of a set from memory once they have been shown (or were not used). */
+static void forget_keys(fake_set_t *set)
+{
+    for (unsigned i = 0; i < set->n; i++)
+        memset(set->users[i].key, 0, sizeof(set->users[i].key));
+}
+
+/* The guest of the original service: user, card, and (if it has none) a key printed once. */
+static int fake_guest(PGconn *db, fake_set_t *set, FILE *out, FILE *err)
+{
+    fake_user_t *u = &set->users[0];
+
+    if (ensure_users(db, set, err) != 0)
+        return -1;
+    if (u->created)
+        fprintf(out, "created user guest <guest@example.com> (id %" PRId64 ")\n", u->id);
+    for (unsigned r = 0; r < set->cards_created; r++)
+        fprintf(out, "created card %s (id %s) for guest\n", PQgetvalue(set->new_cards, (int) r, 2),
+                PQgetvalue(set->new_cards, (int) r, 1));
+    if (u->new_key) {
+        fprintf(out, "API key for guest (shown once): %s\n", u->key);
+        fprintf(out, "try: curl -H 'Authorization: Bearer %s' http://127.0.0.1:5000/cards/\n",
+                u->key);
+    }
+    if (!u->created && set->cards_created == 0 && !u->new_key)
+        fprintf(out, "user guest exists; nothing created\n");
+    return 0;
+}
+
+/* Append "user_id card_id key" lines for every user that got a key, one per card of theirs
+ * named Card-1..Card-<cards>, to keys_path (created 0600: it holds secrets). Appending keeps
+ * the lines of earlier runs, whose keys cannot be shown again. */
+static int write_keys_file(PGconn *db, fake_set_t *set, const char *keys_path, unsigned *lines,
+                           FILE *err)
+{
+    char cards[16];
+    lim_buf_t ids;
+    int rc = -1;
+    PGresult *res = NULL;
+    FILE *f = NULL;
+    id_index_t *index = NULL;
+
+    *lines = 0;
+    lim_buf_init(&ids, ARRAY_LITERAL_MAX);
+    snprintf(cards, sizeof(cards), "%u", set->cards);
+    index = calloc(set->n, sizeof(*index));
+    int bufrc = index != NULL ? lim_buf_append_str(&ids, "{") : UV_ENOMEM;
+    unsigned k = 0;
+    for (unsigned i = 0; i < set->n && bufrc == 0; i++) {
+        char id[24];
+        if (!set->users[i].new_key)
+            continue;
+        index[k++] = (id_index_t){.id = set->users[i].id, .i = i};
+        snprintf(id, sizeof(id), "%" PRId64, set->users[i].id);
+        bufrc = array_add(&ids, id);
+    }
+    bufrc = bufrc != 0 ? bufrc : lim_buf_append_str(&ids, "}");
+    if (bufrc != 0) {
+        fprintf(err, "cannot write %s: %s\n", keys_path, uv_strerror(bufrc));
+        goto done;
+    }
+    qsort(index, k, sizeof(*index), cmp_id_index);
+
+    res = cli_exec(db,
+                   "SELECT c.user_id, c.id FROM cards c"
+                   " WHERE c.user_id = ANY ($1::bigint[])"
+                   "   AND c.name IN (SELECT 'Card-' || g FROM generate_series(1, $2::int) g)"
+                   " ORDER BY c.user_id, c.id",
+                   2, (const char *const[]){ids.data, cards}, PGRES_TUPLES_OK, "cannot list cards",
+                   err);
+    if (res == NULL)
+        goto done;
+
+    int fd = open(keys_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (fd < 0 || (f = fdopen(fd, "a")) == NULL) {
+        fprintf(err, "cannot open %s: %s\n", keys_path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        goto done;
+    }
+    for (int r = 0; r < PQntuples(res); r++) {
+        id_index_t key = {.id = strtoll(PQgetvalue(res, r, 0), NULL, 10)};
+        id_index_t *hit = bsearch(&key, index, k, sizeof(*index), cmp_id_index);
+        if (hit == NULL)
+            continue;
+        fprintf(f, "%" PRId64 " %s %s\n", key.id, PQgetvalue(res, r, 1), set->users[hit->i].key);
+        (*lines)++;
+    }
+    /* On disk before the transaction commits: a key must never exist that nobody can read. */
+    if (fflush(f) != 0 || ferror(f) || fsync(fileno(f)) != 0) {
+        fprintf(err, "cannot write %s: %s\n", keys_path, strerror(errno));
+        goto done;
+    }
+    rc = 0;
+
+done:
+    if (f != NULL && fclose(f) != 0 && rc == 0) {
+        fprintf(err, "cannot write %s: %s\n", keys_path, strerror(errno));
+        rc = -1;
+    }
+    PQclear(res);
+    free(index);
+    lim_buf_free(&ids);
+    return rc;
+}
+
+/* user1..userN with their cards; keys (when there is a file to put them in) to keys_path. */
+static int fake_users(PGconn *db, fake_set_t *set, const char *keys_path, FILE *out, FILE *err)
+{
+    unsigned lines = 0;
+
+    if (ensure_users(db, set, err) != 0)
+        return -1;
+    if (keys_path != NULL && set->keys_created > 0 &&
+        write_keys_file(db, set, keys_path, &lines, err) != 0)
+        return -1;
+
+    if (set->users_created == 0 && set->cards_created == 0 && set->keys_created == 0) {
+        fprintf(out, "users user1..user%u exist with %u card(s) each; nothing created\n", set->n,
+                set->cards);
+    } else {
+        fprintf(out, "users user1..user%u: created %u user(s), %u card(s), %u API key(s)\n", set->n,
+                set->users_created, set->cards_created, set->keys_created);
+    }
+    if (lines > 0)
+        fprintf(out, "appended %u line(s) \"user_id card_id key\" to %s\n", lines, keys_path);
+    if (keys_path == NULL) {
+        unsigned keyless = 0;
+        for (unsigned i = 0; i < set->n; i++)
+            keyless += !set->users[i].had_key;
+        if (keyless > 0)
+            fprintf(out, "no keys file given: %u user(s) left without an API key\n", keyless);
+    }
+    return 0;
+}
+
+/* Build the text[] literals of `n` names and emails: "guest" or user1..userN. */
+static int fake_names(fake_set_t *set, int numbered, char *names, lim_buf_t *name_lit,
+                      lim_buf_t *email_lit)
+{
+    int rc = lim_buf_append_str(name_lit, "{");
+    rc = rc != 0 ? rc : lim_buf_append_str(email_lit, "{");
+    for (unsigned i = 0; i < set->n && rc == 0; i++) {
+        char *name = names + (size_t) i * 16;
+        char email[48];
+        if (numbered)
+            snprintf(name, 16, "user%u", i + 1);
+        else
+            snprintf(name, 16, "guest");
+        snprintf(email, sizeof(email), "%s@example.com", name);
+        set->users[i].name = name;
+        rc = array_add(name_lit, name);
+        rc = rc != 0 ? rc : array_add(email_lit, email);
+    }
+    rc = rc != 0 ? rc : lim_buf_append_str(name_lit, "}");
+    rc = rc != 0 ? rc : lim_buf_append_str(email_lit, "}");
+    set->names = name_lit->data;
+    set->emails = email_lit->data;
+    return rc;
+}
+
+/* The schema must be this build's before anything is written into it. */
+static int check_schema(PGconn *db, FILE *err)
+{
+    PGresult *res = PQexec(db, "SELECT COALESCE(max(version), 0) FROM schema_migrations");
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    long version = -1;
+
+    if (PQresultStatus(res) == PGRES_TUPLES_OK)
+        version = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+    else if (state != NULL && strcmp(state, "42P01") == 0) /* undefined_table */
+        version = 0;
+    else
+        print_pq_error(err, "cannot read the schema version",
+                       res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(db));
+    PQclear(res);
+    if (version < 0)
+        return -1;
+    if (version == 0) {
+        fprintf(err, "the database has no schema yet: run `limits initdb` first\n");
+        return -1;
+    }
+    if (version < LIM_SCHEMA_VERSION) {
+        fprintf(err,
+                "the database schema is at version %ld, this build needs %d: run `limits initdb`\n",
+                version, LIM_SCHEMA_VERSION);
+        return -1;
+    }
+    return 0;
+}
+
+int lim_store_fake_data(const char *conninfo, unsigned users, unsigned cards_per_user,
+                        const char *keys_path, FILE *out, FILE *err)
+{
+    fake_user_t guest_user;
+    char guest_name[16];
+    fake_set_t guest = {.users = &guest_user, .n = 1, .cards = 1, .keys = KEYS_IF_MISSING};
+    fake_set_t many = {.n = users,
+                       .cards = cards_per_user,
+                       .keys = keys_path != NULL ? KEYS_IF_MISSING_OR_CARDS : KEYS_NONE};
+    lim_buf_t lits[4];
+    char *names = NULL;
+    PGconn *db = NULL;
+    int rc = -1;
+    int in_tx = 0;
+
+    memset(&guest_user, 0, sizeof(guest_user));
+    for (size_t i = 0; i < LIM_ARRAY_SIZE(lits); i++)
+        lim_buf_init(&lits[i], ARRAY_LITERAL_MAX);
+
+    if (users > FAKE_USERS_MAX ||
+        (users > 0 && (cards_per_user < 1 || cards_per_user > FAKE_CARDS_MAX))) {
+        fprintf(err, "fake data: at most %u users with 1 to %u cards each\n", FAKE_USERS_MAX,
+                FAKE_CARDS_MAX);
+        goto done;
+    }
+    if (users > 0) {
+        many.users = calloc(users, sizeof(*many.users));
+        names = calloc(users, 16);
+        if (many.users == NULL || names == NULL) {
+            fprintf(err, "fake data: out of memory\n");
+            goto done;
+        }
+    }
+    if (fake_names(&guest, 0, guest_name, &lits[0], &lits[1]) != 0 ||
+        (users > 0 && fake_names(&many, 1, names, &lits[2], &lits[3]) != 0)) {
+        fprintf(err, "fake data: out of memory\n");
+        goto done;
+    }
+
+    db = cli_connect(conninfo, err);
+    if (db == NULL || check_schema(db, err) != 0)
+        goto done;
+    /* One transaction for the whole run, and one run at a time: a concurrent run waits and
+     * then finds everything there, instead of making a second key for the same user. */
+    if (cli_run(db, "BEGIN", "cannot start a transaction", err) != 0)
+        goto done;
+    in_tx = 1;
+    if (cli_lock(db, FAKE_DATA_LOCK_SQL, err) != 0)
+        goto done;
+    if (fake_guest(db, &guest, out, err) != 0)
+        goto done;
+    if (users > 0 && fake_users(db, &many, keys_path, out, err) != 0)
+        goto done;
+    /* Keys are shown (and written) before the commit, so a key never exists unseen; if the
+     * output could not be written, nothing is kept. */
+    if (fflush(out) != 0 || ferror(out)) {
+        fprintf(err, "fake data: cannot write the output\n");
+        goto done;
+    }
+    rc = cli_run(db, "COMMIT", "fake data: commit failed", err);
+    in_tx = 0;
+
+done:
+    if (in_tx)
+        cli_rollback(db);
+    if (db != NULL && rc != 0 && (guest.keys_created > 0 || many.keys_created > 0))
+        fprintf(err, "fake data: not committed; do not use the key(s) shown or written above\n");
+    PQclear(guest.new_cards);
+    PQclear(many.new_cards);
+    forget_keys(&guest);
+    if (many.users != NULL)
+        forget_keys(&many);
+    free(many.users);
+    free(names);
+    for (size_t i = 0; i < LIM_ARRAY_SIZE(lits); i++)
+        lim_buf_free(&lits[i]);
+    if (db != NULL)
+        PQfinish(db);
+    return rc;
+}
