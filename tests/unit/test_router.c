@@ -467,3 +467,192 @@ Test(router, routes_returns_the_table)
     cr_assert(eq(ptr, (void *) got, (void *) routes));
     cr_assert(eq(sz, n, LIM_ARRAY_SIZE(routes)));
 }
+
+/* ---- {*} string captures ------------------------------------------------------------------- */
+
+static void h_fake(lim_req_t *req)
+{
+    (void) req;
+}
+
+/* A table in the shape of the fake gateway's: {*} beside literals and {id}. */
+static const lim_route_t str_routes[] = {
+    {LIM_METHOD_POST, "/merchants/{*}/transactions/advanced_search_ids", h_fake, "search_ids"},
+    {LIM_METHOD_POST, "/merchants/{*}/transactions", h_fake, "sale"},
+    {LIM_METHOD_GET, "/merchants/{*}/transactions/{*}", h_fake, "find"},
+    {LIM_METHOD_PUT, "/merchants/{*}/transactions/{*}/void", h_fake, "void"},
+    {LIM_METHOD_GET, "/mixed/{id}/{*}/{id}/{*}/", h_fake, "mixed"},
+};
+
+/* Match `path` (heap copy, no NUL after it) against str_routes. */
+static lim_route_result_t str_match(lim_method_t method, const char *path, lim_route_match_t *m)
+{
+    lim_router_t *r = NULL;
+    size_t len = strlen(path);
+    char *copy = malloc(len > 0 ? len : 1);
+    lim_route_result_t rr;
+
+    cr_assert(not(eq(ptr, copy, NULL)));
+    cr_assert(eq(int, lim_router_new(str_routes, LIM_ARRAY_SIZE(str_routes), &r), 0));
+    memcpy(copy, path, len);
+    rr = lim_router_match(r, method, copy, len, m);
+    /* The captures point into the path: check that, then keep NUL-terminated copies for the
+     * caller, since the path goes now. */
+    for (unsigned i = 0; rr == LIM_ROUTE_FOUND && i < m->n_strs; i++) {
+        static char saved[LIM_HTTP_MAX_CAPTURES][300];
+        cr_assert(m->strs[i] >= copy && m->strs[i] + m->strs_len[i] <= copy + len);
+        memcpy(saved[i], m->strs[i], m->strs_len[i]);
+        saved[i][m->strs_len[i]] = '\0';
+        m->strs[i] = saved[i];
+    }
+    free(copy);
+    lim_router_free(r);
+    return rr;
+}
+
+static void expect_strs(lim_method_t method, const char *path, const char *name,
+                        const char *const *want, unsigned n)
+{
+    lim_route_match_t m;
+
+    cr_assert(eq(int, str_match(method, path, &m), LIM_ROUTE_FOUND), "path %s", path);
+    cr_assert(eq(str, (char *) m.route->name, (char *) name), "path %s", path);
+    cr_assert(eq(u32, m.n_strs, n), "path %s", path);
+    for (unsigned i = 0; i < n; i++) {
+        cr_assert(eq(sz, m.strs_len[i], strlen(want[i])), "path %s capture %u", path, i);
+        cr_assert(eq(str, (char *) m.strs[i], (char *) want[i]), "path %s capture %u", path, i);
+    }
+}
+
+static void expect_str_not_found(lim_method_t method, const char *path)
+{
+    lim_route_match_t m;
+
+    cr_assert(eq(int, str_match(method, path, &m), LIM_ROUTE_NOT_FOUND), "path %s", path);
+    cr_assert(eq(u32, m.n_strs, 0), "path %s", path);
+}
+
+Test(router, str_capture_takes_any_segment)
+{
+    const char *const mid[] = {"acme"};
+    const char *const mid_txn[] = {"acme", "7x2b8kqz"};
+    const char *const odd[] = {"a.b-c_d%20e~!$&'()*+,;=:@", "0"};
+
+    expect_strs(LIM_METHOD_POST, "/merchants/acme/transactions", "sale", mid, 1);
+    expect_strs(LIM_METHOD_POST, "/merchants/acme/transactions/", "sale", mid, 1);
+    expect_strs(LIM_METHOD_GET, "/merchants/acme/transactions/7x2b8kqz", "find", mid_txn, 2);
+    expect_strs(LIM_METHOD_GET, "/merchants/acme/transactions/7x2b8kqz/", "find", mid_txn, 2);
+    expect_strs(LIM_METHOD_PUT, "/merchants/acme/transactions/7x2b8kqz/void", "void", mid_txn, 2);
+    /* Taken as it is: no decoding, and digits or "0" are fine (unlike {id}). */
+    expect_strs(LIM_METHOD_GET, "/merchants/a.b-c_d%20e~!$&'()*+,;=:@/transactions/0", "find", odd,
+                2);
+}
+
+Test(router, str_capture_literal_route_wins_by_table_order)
+{
+    const char *const mid[] = {"m1"};
+    const char *const as_id[] = {"m1", "advanced_search_ids"};
+
+    expect_strs(LIM_METHOD_POST, "/merchants/m1/transactions/advanced_search_ids", "search_ids",
+                mid, 1);
+    /* GET reaches the {*} route instead: the literal one is POST only. */
+    expect_strs(LIM_METHOD_GET, "/merchants/m1/transactions/advanced_search_ids", "find", as_id, 2);
+}
+
+Test(router, str_capture_is_bounded_to_255_bytes)
+{
+    char path[600];
+    char seg[300];
+    const char *want[1] = {seg};
+
+    memset(seg, 'k', 255);
+    seg[255] = '\0';
+    snprintf(path, sizeof(path), "/merchants/%s/transactions", seg);
+    expect_strs(LIM_METHOD_POST, path, "sale", want, 1);
+    seg[255] = 'k';
+    seg[256] = '\0';
+    snprintf(path, sizeof(path), "/merchants/%s/transactions", seg);
+    expect_str_not_found(LIM_METHOD_POST, path);
+}
+
+Test(router, str_capture_never_matches_empty_or_several_segments)
+{
+    expect_str_not_found(LIM_METHOD_POST, "/merchants//transactions");
+    expect_str_not_found(LIM_METHOD_POST, "/merchants/a/b/transactions");
+    expect_str_not_found(LIM_METHOD_GET, "/merchants/acme/transactions//");
+    expect_str_not_found(LIM_METHOD_PUT, "/merchants/acme/transactions//void");
+    expect_str_not_found(LIM_METHOD_POST, "/merchants/transactions");
+}
+
+Test(router, str_and_id_captures_are_numbered_separately)
+{
+    const char *const strs[] = {"abc", "42"};
+    lim_route_match_t m;
+
+    expect_strs(LIM_METHOD_GET, "/mixed/7/abc/9/42/", "mixed", strs, 2);
+    cr_assert(eq(int, str_match(LIM_METHOD_GET, "/mixed/7/abc/9/42", &m), LIM_ROUTE_FOUND));
+    cr_assert(eq(u32, m.n_ids, 2));
+    cr_assert(eq(i64, m.ids[0], 7));
+    cr_assert(eq(i64, m.ids[1], 9));
+    /* {id} keeps its rules beside {*}. */
+    expect_str_not_found(LIM_METHOD_GET, "/mixed/07/abc/9/42/");
+    expect_str_not_found(LIM_METHOD_GET, "/mixed/x/abc/9/42/");
+}
+
+Test(router, str_capture_not_allowed_reports_no_captures)
+{
+    lim_route_match_t m;
+
+    cr_assert(eq(int, str_match(LIM_METHOD_DELETE, "/merchants/acme/transactions/t1", &m),
+                 LIM_ROUTE_METHOD_NOT_ALLOWED));
+    cr_assert(eq(str, m.allow, "GET, HEAD"));
+    cr_assert(eq(u32, m.n_strs, 0));
+    cr_assert(eq(u32, m.n_ids, 0));
+}
+
+Test(router, str_capture_route_reports_zero_strs_elsewhere)
+{
+    const int64_t one[] = {1};
+    lim_route_match_t m;
+
+    expect_found(LIM_METHOD_GET, "/cards/1/", "card", one, 1);
+    cr_assert(eq(int, match(LIM_METHOD_GET, "/cards/1/", &m), LIM_ROUTE_FOUND));
+    cr_assert(eq(u32, m.n_strs, 0));
+}
+
+Test(router, new_checks_str_capture_count)
+{
+    char pattern[128] = "";
+    char path[128] = "";
+    lim_router_t *r = NULL;
+    lim_route_match_t m;
+
+    for (int i = 0; i < LIM_HTTP_MAX_CAPTURES; i++) {
+        char seg[16];
+        strcat(pattern, "/{*}");
+        snprintf(seg, sizeof(seg), "/s%d", i);
+        strcat(path, seg);
+    }
+    /* The most {*} plus the most {id} in one pattern is fine. */
+    for (int i = 0; i < LIM_HTTP_MAX_CAPTURES; i++) {
+        strcat(pattern, "/{id}");
+        strcat(path, "/5");
+    }
+    cr_assert(eq(int, new_one(LIM_METHOD_GET, pattern, &r), 0), "pattern %s", pattern);
+    cr_assert(
+        eq(int, lim_router_match(r, LIM_METHOD_GET, path, strlen(path), &m), LIM_ROUTE_FOUND));
+    cr_assert(eq(u32, m.n_strs, LIM_HTTP_MAX_CAPTURES));
+    cr_assert(eq(u32, m.n_ids, LIM_HTTP_MAX_CAPTURES));
+    for (int i = 0; i < LIM_HTTP_MAX_CAPTURES; i++) {
+        char want[8];
+        snprintf(want, sizeof(want), "s%d", i);
+        cr_assert(eq(sz, m.strs_len[i], strlen(want)));
+        cr_assert(eq(int, memcmp(m.strs[i], want, strlen(want)), 0));
+    }
+    lim_router_free(r);
+
+    strcpy(pattern, "/x");
+    for (int i = 0; i < LIM_HTTP_MAX_CAPTURES + 1; i++)
+        strcat(pattern, "/{*}");
+    expect_bad_pattern(pattern);
+}

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# The README's "run" command: install dependencies, build into build/, start the dev stack
+# (PostgreSQL + Redis, scripts/stack.sh) and serve http://127.0.0.1:5000/ in the foreground.
+# Ctrl-C (SIGINT) or SIGTERM stops the server, then the stack this command started.
+# Exit status is the server's.
+set -euo pipefail
+
+PROG=${0##*/}
+say() { printf '%s: %s\n' "$PROG" "$*"; }
+warn() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+die() {
+    warn "$*"
+    exit 1
+}
+
+ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
+cd "$ROOT"
+
+LISTEN_HOST=127.0.0.1
+LISTEN_PORT=5000
+BIN=$ROOT/build/limits
+
+server_pid=""
+stack_started=0
+interrupted=0
+
+# shellcheck disable=SC2317 # reached through traps
+stop_server() {
+    [ -n "$server_pid" ] || return 0
+    if kill -0 "$server_pid" 2>/dev/null; then
+        kill -TERM -- "-$server_pid" 2>/dev/null || true
+        local i
+        for ((i = 0; i < 100; i++)); do
+            kill -0 "$server_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$server_pid" 2>/dev/null; then
+            warn "server (pid $server_pid) ignored SIGTERM for 10s; killing it"
+            kill -KILL -- "-$server_pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+}
+
+# shellcheck disable=SC2317 # reached through traps
+cleanup() {
+    local rc=$?
+    trap '' INT TERM HUP # a second Ctrl-C must not leave the stack running
+    stop_server
+    if [ "$stack_started" -eq 1 ]; then
+        bash "$ROOT/scripts/stack.sh" stop dev || warn "could not stop the dev stack; see scripts/stack.sh status dev"
+    fi
+    exit "$rc"
+}
+
+# Before the server runs a signal just ends the script (cleanup runs on EXIT); once it runs,
+# the signal is passed on and the script waits for the server to exit.
+# shellcheck disable=SC2317 # reached through traps
+on_signal() { # signal-to-send exit-code
+    if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+        interrupted=1
+        say "stopping the server (SIG$1 to pid $server_pid)"
+        kill -s "$1" -- "-$server_pid" 2>/dev/null || true
+    else
+        exit "$2"
+    fi
+}
+trap cleanup EXIT
+trap 'on_signal INT 130' INT
+trap 'on_signal TERM 143' TERM
+trap 'on_signal TERM 129' HUP
+
+port_in_use() {
+    if command -v ss >/dev/null 2>&1; then
+        [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]
+    else
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    fi
+}
+
+bash "$ROOT/scripts/install-deps.sh"
+
+say "building into build/"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+cmake --build build -j "$(nproc)"
+[ -x "$BIN" ] || die "build finished but $BIN is missing"
+
+if port_in_use "$LISTEN_PORT"; then
+    who=$(ss -Hltnp "sport = :$LISTEN_PORT" 2>/dev/null | sed -n 's/.*users:((\(.*\)))$/\1/p' | head -n 1)
+    die "port $LISTEN_PORT is already in use${who:+ by $who}; stop that first (is another scripts/run.sh running?)"
+fi
+
+if bash "$ROOT/scripts/stack.sh" status dev >/dev/null 2>&1; then
+    say "dev stack already running; it will be left running"
+else
+    stack_started=1
+    bash "$ROOT/scripts/stack.sh" start dev
+fi
+eval "$(bash "$ROOT/scripts/stack.sh" env dev)"
+export LISTEN=$LISTEN_HOST:$LISTEN_PORT
+
+# ---- later issues plug in here, before the server starts -------------------------------
+#   "$BIN" initdb       (schema migrations)
+#   "$BIN" fake-data    (demo users and cards)
+#   the fake Braintree gateway (started in the background and stopped in cleanup)
+# -----------------------------------------------------------------------------------------
+
+say "serving http://$LISTEN/ (Ctrl-C stops the server and the local stack)"
+# set -m gives the server its own process group (pgid = its pid), with default SIGINT
+# handling: a terminal Ctrl-C reaches only this script, which forwards exactly one signal.
+set -m
+"$BIN" serve </dev/null &
+server_pid=$!
+set +m
+
+status=0
+while :; do
+    interrupted=0
+    if wait "$server_pid"; then status=0; else status=$?; fi
+    # wait returns early when a trapped signal arrives; the server may still be running.
+    if [ "$interrupted" -eq 1 ] && kill -0 "$server_pid" 2>/dev/null; then continue; fi
+    if [ "$interrupted" -eq 1 ]; then
+        # It exited in the meantime: collect its real status (127: already collected).
+        if wait "$server_pid" 2>/dev/null; then status=0; else
+            st=$?
+            if [ "$st" -ne 127 ]; then status=$st; fi
+        fi
+    fi
+    break
+done
+server_pid=""
+say "server exited with status $status"
+exit "$status"
