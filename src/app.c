@@ -8,6 +8,8 @@
 
 #include "lim/app.h"
 #include "lim/auth.h"
+#include "lim/braintree.h"
+#include "lim/curl_uv.h"
 #include "lim/handlers.h"
 #include "lim/log.h"
 
@@ -16,6 +18,7 @@ static const lim_route_t app_routes[] = {
     {LIM_METHOD_GET, "/", lim_handle_home, "home"},
     {LIM_METHOD_GET, "/index.html", lim_handle_home, "home"},
     {LIM_METHOD_GET, "/healthz", lim_handle_healthz, "healthz"},
+    {LIM_METHOD_POST, "/tokens/", lim_handle_tokens, "tokens"},
     {LIM_METHOD_GET, "/cards/", lim_handle_cards_list, "cards_list"},
     {LIM_METHOD_GET, "/cards/{id}/", lim_handle_card_get, "card_get"},
 };
@@ -44,13 +47,51 @@ static void on_store_closed(void *arg)
     app_close_handles(app);
 }
 
+static void on_curl_closed(void *arg)
+{
+    lim_app_t *app = arg;
+
+    app->curl = NULL;
+    lim_store_close(app->store, on_store_closed, app);
+}
+
 static void on_server_stopped(lim_server_t *srv, void *arg)
 {
     lim_app_t *app = arg;
 
     (void) srv;
-    /* No request is left that could use the database: close it, then the last handles. */
-    lim_store_close(app->store, on_store_closed, app);
+    /* No request is left that could use the gateway or the database: close them, then the
+     * last handles. */
+    lim_bt_free(app->bt);
+    app->bt = NULL;
+    lim_curl_close(app->curl, on_curl_closed, app);
+}
+
+/* Braintree is optional at start-up (a server without keys still serves cards); /tokens/ and
+ * loads answer 503 until it is configured. */
+static int app_braintree(lim_app_t *app, const lim_config_t *cfg)
+{
+    lim_bt_opts_t o = {
+        .environment = cfg->braintree_environment,
+        .merchant_id = cfg->braintree_merchant_id,
+        .public_key = cfg->braintree_public_key,
+        .private_key = cfg->braintree_private_key,
+        .connect_timeout_ms = cfg->braintree_connect_timeout_ms,
+        .timeout_ms = cfg->braintree_timeout_ms,
+    };
+    int rc;
+
+    if (cfg->braintree_merchant_id == NULL || cfg->braintree_merchant_id[0] == '\0') {
+        lim_log_warn("BRAINTREE_MERCHANT_ID is not set: payments are disabled");
+        return 0;
+    }
+    rc = lim_bt_new(app->curl, &o, &app->bt);
+    if (rc != 0)
+        lim_log_error("bad Braintree settings (BRAINTREE_ENVIRONMENT, BRAINTREE_MERCHANT_ID): %s",
+                      uv_strerror(rc));
+    else
+        lim_log_info("braintree gateway %s", lim_bt_base_url(app->bt));
+    return rc;
 }
 
 static void on_force_exit(uv_timer_t *t)
@@ -128,9 +169,15 @@ int lim_app_start(lim_app_t *app, uv_loop_t *loop, const lim_config_t *cfg)
     rc = lim_auth_new(app->store, cfg->auth_cache_ttl_ms, loop, &app->auth);
     if (rc != 0)
         goto fail_store;
-    rc = lim_server_new(loop, cfg, app->router, app, &app->server);
+    rc = lim_curl_new(loop, &app->curl);
     if (rc != 0)
         goto fail_auth;
+    rc = app_braintree(app, cfg);
+    if (rc != 0)
+        goto fail_curl;
+    rc = lim_server_new(loop, cfg, app->router, app, &app->server);
+    if (rc != 0)
+        goto fail_curl;
     rc = lim_server_listen(app->server, cfg->listen);
     if (rc != 0) {
         lim_log_error("cannot listen on %s: %s", cfg->listen, uv_strerror(rc));
@@ -149,6 +196,11 @@ int lim_app_start(lim_app_t *app, uv_loop_t *loop, const lim_config_t *cfg)
 fail_server:
     /* Stopping a server with no connections only closes its listener. */
     lim_server_stop(app->server, NULL, NULL);
+fail_curl:
+    lim_bt_free(app->bt);
+    app->bt = NULL;
+    lim_curl_close(app->curl, NULL, NULL);
+    app->curl = NULL;
 fail_auth:
     lim_auth_free(app->auth);
     app->auth = NULL;

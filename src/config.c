@@ -83,6 +83,9 @@ static const setting_t settings[] = {
     {"DATABASE_CONNECT_TIMEOUT", KIND_DURATION, FIELD(database_connect_timeout_ms), REVEAL_VALUE, 0,
      0},
     {"AUTH_CACHE_TTL", KIND_DURATION, FIELD(auth_cache_ttl_ms), REVEAL_VALUE, 0, 0},
+    {"BRAINTREE_TIMEOUT", KIND_DURATION, FIELD(braintree_timeout_ms), REVEAL_VALUE, 0, 0},
+    {"BRAINTREE_CONNECT_TIMEOUT", KIND_DURATION, FIELD(braintree_connect_timeout_ms), REVEAL_VALUE,
+     0, 0},
 };
 
 /* What each kind expects, as the end of an "invalid value" message. */
@@ -591,6 +594,8 @@ int lim_config_defaults(lim_config_t *cfg)
     cfg->database_query_timeout_ms = 5 * 1000;
     cfg->database_connect_timeout_ms = 5 * 1000;
     cfg->auth_cache_ttl_ms = 10 * 1000;
+    cfg->braintree_timeout_ms = 20 * 1000;
+    cfg->braintree_connect_timeout_ms = 5 * 1000;
 
     for (size_t i = 0; i < LIM_ARRAY_SIZE(strings); i++) {
         char **field = (char **) ((char *) cfg + strings[i].offset);

@@ -44,6 +44,8 @@ enum {
     STMT_USER_BY_KEY_HASH,
     STMT_CARDS_LIST,
     STMT_CARD_GET,
+    STMT_CUSTOMER_GET,
+    STMT_CUSTOMER_CREATED,
 };
 
 /* Every statement names its owner in the WHERE clause (store.h: ownership inside the SQL). */
@@ -83,6 +85,14 @@ static const lim_pg_stmt_t stmts[] = {
          "        WHERE l.card_id = c.id AND l.status IN ('pending', 'unknown')) f"
          " WHERE c.id = $2::bigint AND c.user_id = $1::bigint",
          2},
+    [STMT_CUSTOMER_GET] = {"customer_get",
+                           "SELECT braintree_customer_id, braintree_customer_created FROM users"
+                           " WHERE id = $1::bigint",
+                           1},
+    [STMT_CUSTOMER_CREATED] = {"customer_created",
+                               "UPDATE users SET braintree_customer_created = true"
+                               " WHERE id = $1::bigint AND NOT braintree_customer_created",
+                               1},
 };
 
 struct lim_store_s {
@@ -97,6 +107,8 @@ typedef struct req_s {
         lim_store_user_cb user;
         lim_store_cards_cb cards;
         lim_store_card_cb card;
+        lim_store_customer_cb customer;
+        lim_store_done_cb done;
     } cb;
     void *arg;
 } req_t;
@@ -330,6 +342,69 @@ int lim_store_card_get(lim_store_t *store, int64_t user_id, int64_t card_id, lim
     req->cb.card = cb;
     req->arg = arg;
     return start(store, STMT_CARD_GET, params, 2, on_card_get, req);
+}
+
+static void on_customer_get(const lim_pg_result_t *r, void *arg)
+{
+    req_t *req = arg;
+    lim_store_customer_cb cb = req->cb.customer;
+    void *cb_arg = req->arg;
+    int status = r->status;
+
+    free(req);
+    if (query_failed(r, STMT_CUSTOMER_GET)) {
+        cb(status, NULL, 0, cb_arg);
+        return;
+    }
+    if (PQntuples(r->res) == 0) {
+        cb(0, NULL, 0, cb_arg);
+        return;
+    }
+    if (PQnfields(r->res) < 2 || PQgetisnull(r->res, 0, 0)) {
+        cb(bad_result(STMT_CUSTOMER_GET, "customer id missing"), NULL, 0, cb_arg);
+        return;
+    }
+    cb(0, PQgetvalue(r->res, 0, 0), strcmp(PQgetvalue(r->res, 0, 1), "t") == 0, cb_arg);
+}
+
+int lim_store_customer_get(lim_store_t *store, int64_t user_id, lim_store_customer_cb cb, void *arg)
+{
+    char id[24];
+    const char *params[1] = {id};
+    req_t *req = malloc(sizeof(*req));
+
+    if (req == NULL)
+        return UV_ENOMEM;
+    snprintf(id, sizeof(id), "%" PRId64, user_id);
+    req->cb.customer = cb;
+    req->arg = arg;
+    return start(store, STMT_CUSTOMER_GET, params, 1, on_customer_get, req);
+}
+
+static void on_customer_created(const lim_pg_result_t *r, void *arg)
+{
+    req_t *req = arg;
+    lim_store_done_cb cb = req->cb.done;
+    void *cb_arg = req->arg;
+    int status = r->status;
+
+    free(req);
+    (void) query_failed(r, STMT_CUSTOMER_CREATED);
+    cb(status, cb_arg);
+}
+
+int lim_store_customer_created(lim_store_t *store, int64_t user_id, lim_store_done_cb cb, void *arg)
+{
+    char id[24];
+    const char *params[1] = {id};
+    req_t *req = malloc(sizeof(*req));
+
+    if (req == NULL)
+        return UV_ENOMEM;
+    snprintf(id, sizeof(id), "%" PRId64, user_id);
+    req->cb.done = cb;
+    req->arg = arg;
+    return start(store, STMT_CUSTOMER_CREATED, params, 1, on_customer_created, req);
 }
 
 /* ---- blocking: connections and queries for CLI commands --------------------------------- */

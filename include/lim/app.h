@@ -3,7 +3,8 @@
  * the HTTP server, the signal handling and the ordered shutdown (c-style-anchors.md §D(e)).
  *
  * Shutdown: the first SIGINT/SIGTERM starts a graceful stop (listener closed, idle
- * connections closed, requests in flight finished, then the database pool closed); a second
+ * connections closed, requests in flight finished, then the HTTP client and the database
+ * pool closed); a second
  * signal, or the stop lasting longer than SHUTDOWN_TIMEOUT, forces it (every connection
  * closed, exit status 1).
  * Single loop thread only.
@@ -20,6 +21,8 @@
 #include "lim/store.h"
 
 typedef struct lim_auth_s lim_auth_t;
+typedef struct lim_curl_s lim_curl_t;
+typedef struct lim_bt_s lim_bt_t;
 
 typedef struct lim_home_s {
     char *html; /* the rendered page */
@@ -34,6 +37,8 @@ typedef struct lim_app_s {
     lim_server_t *server;
     lim_store_t *store; /* PostgreSQL: ledger, balances, keys */
     lim_auth_t *auth;   /* API-key checks with their cache */
+    lim_curl_t *curl;   /* outgoing HTTP on the loop */
+    lim_bt_t *bt;       /* Braintree; NULL when BRAINTREE_MERCHANT_ID is not set */
     uv_signal_t sig_int, sig_term;
     uv_timer_t stop_timer; /* SHUTDOWN_TIMEOUT while stopping */
     int stopping;          /* a graceful stop is under way */

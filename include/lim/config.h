@@ -84,6 +84,11 @@ typedef struct lim_config_s {
     /* Authentication */
     uint64_t auth_cache_ttl_ms; /* AUTH_CACHE_TTL, default 10s: how long a key lookup is
                                    remembered (a revoked key may work that long) */
+
+    /* Braintree calls */
+    uint64_t braintree_timeout_ms;         /* BRAINTREE_TIMEOUT, default 20s: a whole gateway
+                                              call; a sale unanswered by then is "unknown" */
+    uint64_t braintree_connect_timeout_ms; /* BRAINTREE_CONNECT_TIMEOUT, default 5s */
 } lim_config_t;
 
 /** Fill `cfg` with the built-in defaults. @return 0 or UV_ENOMEM. */

@@ -16,6 +16,7 @@ void lim_handle_home(lim_req_t *req);       /* GET / and /index.html */
 void lim_handle_healthz(lim_req_t *req);    /* GET /healthz */
 void lim_handle_cards_list(lim_req_t *req); /* GET /cards/ */
 void lim_handle_card_get(lim_req_t *req);   /* GET /cards/{id}/ */
+void lim_handle_tokens(lim_req_t *req);     /* POST /tokens/ */
 
 /** 503 service-unavailable with Retry-After: 1 (nothing was changed). */
 void lim_respond_unavailable(lim_req_t *req, const char *message);

@@ -75,6 +75,18 @@ LIM_MUSTCHECK int lim_store_cards_list(lim_store_t *store, int64_t user_id, lim_
 LIM_MUSTCHECK int lim_store_card_get(lim_store_t *store, int64_t user_id, int64_t card_id,
                                      lim_store_card_cb cb, void *arg);
 
+/* The user's Braintree customer: its id (a UUID made with the user) and whether it has been
+ * created at the gateway yet. customer_id NULL: no such user. */
+typedef void (*lim_store_customer_cb)(int status, const char *customer_id, int created, void *arg);
+typedef void (*lim_store_done_cb)(int status, void *arg);
+
+LIM_MUSTCHECK int lim_store_customer_get(lim_store_t *store, int64_t user_id,
+                                         lim_store_customer_cb cb, void *arg);
+
+/** Remember that the user's customer exists at the gateway (idempotent). */
+LIM_MUSTCHECK int lim_store_customer_created(lim_store_t *store, int64_t user_id,
+                                             lim_store_done_cb cb, void *arg);
+
 /* ---- blocking, for CLI commands -------------------------------------------------------- */
 
 /**
