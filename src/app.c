@@ -1,7 +1,12 @@
 /*
- * app.c: the composition root of `limits serve` (see app.h).
+ * app.c: the composition root of `limits serve` and `limits reconcile` (see app.h).
+ *
+ * The services (store, auth, limiter, HTTP client, Braintree, reconciler) are built in one
+ * order and closed in the reverse one, each close starting from the previous one's callback,
+ * so nothing is released while something else can still call into it (c-style-anchors §D(e)).
  */
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -11,9 +16,11 @@
 #include "lim/braintree.h"
 #include "lim/curl_uv.h"
 #include "lim/handlers.h"
+#include "lim/limits.h"
 #include "lim/log.h"
+#include "lim/reconcile.h"
 
-/* Every route of the API. Later issues add theirs here. */
+/* Every route of the API. */
 static const lim_route_t app_routes[] = {
     {LIM_METHOD_GET, "/", lim_handle_home, "home"},
     {LIM_METHOD_GET, "/index.html", lim_handle_home, "home"},
@@ -21,55 +28,16 @@ static const lim_route_t app_routes[] = {
     {LIM_METHOD_POST, "/tokens/", lim_handle_tokens, "tokens"},
     {LIM_METHOD_GET, "/cards/", lim_handle_cards_list, "cards_list"},
     {LIM_METHOD_GET, "/cards/{id}/", lim_handle_card_get, "card_get"},
+    {LIM_METHOD_POST, "/cards/{id}/load/", lim_handle_card_load, "card_load"},
+    {LIM_METHOD_GET, "/cards/{id}/loads/", lim_handle_card_loads, "card_loads"},
+    {LIM_METHOD_GET, "/cards/{id}/loads/{id}/", lim_handle_card_load_get, "card_load_get"},
 };
 
-static void on_handle_closed(uv_handle_t *h)
-{
-    (void) h; /* the handles live in lim_app_t, which the caller owns */
-}
-
-static void app_close_handles(lim_app_t *app)
-{
-    uv_handle_t *hs[] = {(uv_handle_t *) &app->sig_int, (uv_handle_t *) &app->sig_term,
-                         (uv_handle_t *) &app->stop_timer};
-
-    for (size_t i = 0; i < LIM_ARRAY_SIZE(hs); i++)
-        if (!uv_is_closing(hs[i]))
-            uv_close(hs[i], on_handle_closed);
-}
-
-static void on_store_closed(void *arg)
-{
-    lim_app_t *app = arg;
-
-    app->store = NULL;
-    lim_log_info("stopped");
-    app_close_handles(app);
-}
-
-static void on_curl_closed(void *arg)
-{
-    lim_app_t *app = arg;
-
-    app->curl = NULL;
-    lim_store_close(app->store, on_store_closed, app);
-}
-
-static void on_server_stopped(lim_server_t *srv, void *arg)
-{
-    lim_app_t *app = arg;
-
-    (void) srv;
-    /* No request is left that could use the gateway or the database: close them, then the
-     * last handles. */
-    lim_bt_free(app->bt);
-    app->bt = NULL;
-    lim_curl_close(app->curl, on_curl_closed, app);
-}
+/* ---- services ------------------------------------------------------------------------------ */
 
 /* Braintree is optional at start-up (a server without keys still serves cards); /tokens/ and
  * loads answer 503 until it is configured. */
-static int app_braintree(lim_app_t *app, const lim_config_t *cfg)
+static int services_braintree(lim_app_t *app, const lim_config_t *cfg)
 {
     lim_bt_opts_t o = {
         .environment = cfg->braintree_environment,
@@ -92,6 +60,143 @@ static int app_braintree(lim_app_t *app, const lim_config_t *cfg)
     else
         lim_log_info("braintree gateway %s", lim_bt_base_url(app->bt));
     return rc;
+}
+
+static int services_reconciler(lim_app_t *app, const lim_config_t *cfg)
+{
+    lim_reconcile_opts_t o;
+    uint64_t floor = cfg->braintree_timeout_ms + cfg->braintree_connect_timeout_ms + 10000;
+
+    lim_reconcile_opts_defaults(&o);
+    o.interval_ms = cfg->reconcile_interval_ms;
+    o.grace_ms = cfg->reconcile_grace_ms;
+    o.idem_ttl_ms = cfg->idempotency_ttl_ms;
+    /* A load younger than the gateway timeout may still be waiting for its own answer:
+     * reconciling it could fail a charge that is about to succeed. */
+    if (o.grace_ms < floor) {
+        lim_log_warn("RECONCILE_GRACE is shorter than BRAINTREE_TIMEOUT: using %llu ms",
+                     (unsigned long long) floor);
+        o.grace_ms = floor;
+    }
+    if (o.lease_ms < cfg->braintree_timeout_ms * 2 + 10000)
+        o.lease_ms = cfg->braintree_timeout_ms * 2 + 10000;
+    return lim_reconcile_new(app->loop, app->store, app->bt, app->limits, &o, &app->reconciler);
+}
+
+/* Build store, auth, limiter, curl, Braintree, reconciler. On failure, what was built is
+ * closed (the caller runs the loop to finish closing). */
+static int services_start(lim_app_t *app, uv_loop_t *loop, const lim_config_t *cfg)
+{
+    int rc;
+
+    app->loop = loop;
+    app->cfg = cfg;
+    rc = lim_store_new(loop, cfg, &app->store);
+    if (rc != 0) {
+        lim_log_error("cannot use DATABASE_URL: %s", uv_strerror(rc));
+        return rc;
+    }
+    rc = lim_auth_new(app->store, cfg->auth_cache_ttl_ms, loop, &app->auth);
+    if (rc == 0)
+        rc = lim_limits_new(NULL, app->store, &app->limits);
+    if (rc == 0)
+        rc = lim_curl_new(loop, &app->curl);
+    if (rc == 0)
+        rc = services_braintree(app, cfg);
+    if (rc == 0)
+        rc = services_reconciler(app, cfg);
+    if (rc != 0) {
+        lim_auth_free(app->auth);
+        lim_limits_free(app->limits);
+        lim_bt_free(app->bt);
+        app->auth = NULL;
+        app->limits = NULL;
+        app->bt = NULL;
+        if (app->curl != NULL)
+            lim_curl_close(app->curl, NULL, NULL);
+        app->curl = NULL;
+        lim_store_close(app->store, NULL, NULL);
+        app->store = NULL;
+    }
+    return rc;
+}
+
+static void services_close_store(void *arg);
+
+static void on_services_store_closed(void *arg)
+{
+    lim_app_t *app = arg;
+    void (*cb)(lim_app_t *) = app->services_closed;
+
+    app->store = NULL;
+    if (cb != NULL)
+        cb(app);
+}
+
+static void on_services_curl_closed(void *arg)
+{
+    services_close_store(arg);
+}
+
+static void services_close_store(void *arg)
+{
+    lim_app_t *app = arg;
+
+    app->curl = NULL;
+    lim_auth_free(app->auth);
+    lim_limits_free(app->limits);
+    app->auth = NULL;
+    app->limits = NULL;
+    lim_store_close(app->store, on_services_store_closed, app);
+}
+
+static void on_services_reconciler_closed(void *arg)
+{
+    lim_app_t *app = arg;
+
+    app->reconciler = NULL;
+    lim_bt_free(app->bt);
+    app->bt = NULL;
+    lim_curl_close(app->curl, on_services_curl_closed, app);
+}
+
+/* Close in reverse order; `cb` runs when the last one is gone. */
+static void services_close(lim_app_t *app, void (*cb)(lim_app_t *))
+{
+    app->services_closed = cb;
+    lim_reconcile_close(app->reconciler, on_services_reconciler_closed, app);
+}
+
+/* ---- serve --------------------------------------------------------------------------------- */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    (void) h; /* the handles live in lim_app_t, which the caller owns */
+}
+
+static void app_close_handles(lim_app_t *app)
+{
+    uv_handle_t *hs[] = {(uv_handle_t *) &app->sig_int, (uv_handle_t *) &app->sig_term,
+                         (uv_handle_t *) &app->stop_timer};
+
+    for (size_t i = 0; i < LIM_ARRAY_SIZE(hs); i++)
+        if (!uv_is_closing(hs[i]))
+            uv_close(hs[i], on_handle_closed);
+}
+
+static void on_services_closed(lim_app_t *app)
+{
+    lim_log_info("stopped");
+    app_close_handles(app);
+}
+
+static void on_server_stopped(lim_server_t *srv, void *arg)
+{
+    lim_app_t *app = arg;
+
+    (void) srv;
+    /* No request is left that could use the services: close them, then the last handles. */
+    services_close(app, on_services_closed);
 }
 
 static void on_force_exit(uv_timer_t *t)
@@ -138,7 +243,21 @@ static void on_signal(uv_signal_t *s, int signum)
         return;
     }
     lim_log_info("received %s", signum == SIGINT ? "SIGINT" : "SIGTERM");
-    lim_app_stop(app);
+    if (app->server != NULL) {
+        lim_app_stop(app);
+        return;
+    }
+    /* reconcile --loop: no server, just the services. */
+    app->stopping = 1;
+    services_close(app, on_services_closed);
+}
+
+static void app_handles_init(lim_app_t *app, uv_loop_t *loop)
+{
+    uv_signal_init(loop, &app->sig_int);
+    uv_signal_init(loop, &app->sig_term);
+    uv_timer_init(loop, &app->stop_timer);
+    app->sig_int.data = app->sig_term.data = app;
 }
 
 int lim_app_start(lim_app_t *app, uv_loop_t *loop, const lim_config_t *cfg)
@@ -148,10 +267,7 @@ int lim_app_start(lim_app_t *app, uv_loop_t *loop, const lim_config_t *cfg)
     memset(app, 0, sizeof(*app));
     app->loop = loop;
     app->cfg = cfg;
-    uv_signal_init(loop, &app->sig_int);
-    uv_signal_init(loop, &app->sig_term);
-    uv_timer_init(loop, &app->stop_timer);
-    app->sig_int.data = app->sig_term.data = app;
+    app_handles_init(app, loop);
 
     rc = lim_home_render(&app->home);
     if (rc != 0) {
@@ -161,23 +277,12 @@ int lim_app_start(lim_app_t *app, uv_loop_t *loop, const lim_config_t *cfg)
     rc = lim_router_new(app_routes, LIM_ARRAY_SIZE(app_routes), &app->router);
     if (rc != 0)
         goto fail_home;
-    rc = lim_store_new(loop, cfg, &app->store);
-    if (rc != 0) {
-        lim_log_error("cannot use DATABASE_URL: %s", uv_strerror(rc));
+    rc = services_start(app, loop, cfg);
+    if (rc != 0)
         goto fail_router;
-    }
-    rc = lim_auth_new(app->store, cfg->auth_cache_ttl_ms, loop, &app->auth);
-    if (rc != 0)
-        goto fail_store;
-    rc = lim_curl_new(loop, &app->curl);
-    if (rc != 0)
-        goto fail_auth;
-    rc = app_braintree(app, cfg);
-    if (rc != 0)
-        goto fail_curl;
     rc = lim_server_new(loop, cfg, app->router, app, &app->server);
     if (rc != 0)
-        goto fail_curl;
+        goto fail_services;
     rc = lim_server_listen(app->server, cfg->listen);
     if (rc != 0) {
         lim_log_error("cannot listen on %s: %s", cfg->listen, uv_strerror(rc));
@@ -185,6 +290,7 @@ int lim_app_start(lim_app_t *app, uv_loop_t *loop, const lim_config_t *cfg)
     }
     uv_signal_start(&app->sig_int, on_signal, SIGINT);
     uv_signal_start(&app->sig_term, on_signal, SIGTERM);
+    lim_reconcile_start(app->reconciler);
     lim_log_kv(LIM_LOG_INFO, "listening",
                (lim_log_field_t[]){LIM_LOG_S("listen", cfg->listen),
                                    LIM_LOG_I("port", lim_server_port(app->server)),
@@ -196,17 +302,8 @@ int lim_app_start(lim_app_t *app, uv_loop_t *loop, const lim_config_t *cfg)
 fail_server:
     /* Stopping a server with no connections only closes its listener. */
     lim_server_stop(app->server, NULL, NULL);
-fail_curl:
-    lim_bt_free(app->bt);
-    app->bt = NULL;
-    lim_curl_close(app->curl, NULL, NULL);
-    app->curl = NULL;
-fail_auth:
-    lim_auth_free(app->auth);
-    app->auth = NULL;
-fail_store:
-    lim_store_close(app->store, NULL, NULL);
-    app->store = NULL;
+fail_services:
+    services_close(app, NULL);
 fail_router:
     lim_router_free(app->router);
     app->router = NULL;
@@ -223,8 +320,6 @@ fail_handles:
 
 void lim_app_free(lim_app_t *app)
 {
-    lim_auth_free(app->auth);
-    app->auth = NULL;
     lim_server_free(app->server);
     lim_router_free(app->router);
     lim_home_free(&app->home);
@@ -258,4 +353,60 @@ int lim_app_serve(const lim_config_t *cfg)
         return 1;
     }
     return app.exit_code;
+}
+
+/* ---- reconcile ------------------------------------------------------------------------------ */
+
+static void on_reconcile_pass(const lim_reconcile_stats_t *st, void *arg)
+{
+    lim_app_t *app = arg;
+
+    printf("reconcile: examined %llu, credited %llu, failed %llu, deferred %llu, voided %llu, "
+           "errors %llu\n",
+           (unsigned long long) st->examined, (unsigned long long) st->credited,
+           (unsigned long long) st->failed, (unsigned long long) st->deferred,
+           (unsigned long long) st->voided, (unsigned long long) st->errors);
+    fflush(stdout);
+    if (st->errors > 0)
+        app->exit_code = 1;
+    if (!app->stopping) {
+        app->stopping = 1;
+        services_close(app, on_services_closed);
+    }
+}
+
+int lim_app_reconcile(const lim_config_t *cfg, int keep_going)
+{
+    uv_loop_t loop;
+    lim_app_t app;
+    int rc;
+
+    signal(SIGPIPE, SIG_IGN);
+    rc = uv_loop_init(&loop);
+    if (rc != 0)
+        return 1;
+    memset(&app, 0, sizeof(app));
+    app_handles_init(&app, &loop);
+    rc = services_start(&app, &loop, cfg);
+    if (rc != 0 || app.bt == NULL) {
+        if (rc == 0) {
+            fprintf(stderr, "limits reconcile: Braintree is not configured "
+                            "(BRAINTREE_MERCHANT_ID)\n");
+            services_close(&app, on_services_closed);
+        } else {
+            app_close_handles(&app);
+        }
+        uv_run(&loop, UV_RUN_DEFAULT);
+        (void) uv_loop_close(&loop);
+        return 1;
+    }
+    uv_signal_start(&app.sig_int, on_signal, SIGINT);
+    uv_signal_start(&app.sig_term, on_signal, SIGTERM);
+    if (keep_going)
+        lim_reconcile_start(app.reconciler);
+    else
+        lim_reconcile_run(app.reconciler, on_reconcile_pass, &app);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    rc = uv_loop_close(&loop);
+    return rc != 0 ? 1 : app.exit_code;
 }

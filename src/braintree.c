@@ -18,7 +18,7 @@
 
 #define MAX_DEPTH   32
 #define MAX_NAME    64
-#define MAX_TEXT    8192
+#define MAX_TEXT    65536
 #define MAX_FOUND   64
 #define SEARCH_PAGE 50
 
@@ -308,9 +308,12 @@ static void XMLCALL on_chars(void *ud, const XML_Char *s, int len)
     lim_bt_parsed_t *p = ud;
 
     /* Longer values than we keep are cut: nothing we read is that long. */
-    if (len > 0 && p->text.len + (size_t) len <= p->text.max && p->overflow == 0)
-        if (lim_buf_append(&p->text, s, (size_t) len) != 0)
+    if (len > 0 && p->overflow == 0 && p->text.len < p->text.max) {
+        size_t room = p->text.max - p->text.len;
+        size_t n = (size_t) len < room ? (size_t) len : room;
+        if (lim_buf_append(&p->text, s, n) != 0)
             p->bad = 1;
+    }
 }
 
 static void XMLCALL on_doctype(void *ud, const XML_Char *name, const XML_Char *sysid,

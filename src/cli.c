@@ -83,6 +83,21 @@ static int cmd_fake_data(const lim_config_t *cfg, int argc, char **argv)
     return lim_store_fake_data(cfg->database_url, users, cards, keys, stdout, stderr) == 0 ? 0 : 1;
 }
 
+static int cmd_reconcile(const lim_config_t *cfg, int argc, char **argv)
+{
+    int keep_going = 0;
+
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--loop") == 0) {
+            keep_going = 1;
+        } else {
+            fprintf(stderr, "limits reconcile: unexpected argument \"%s\"\n", argv[i]);
+            return 2;
+        }
+    }
+    return lim_app_reconcile(cfg, keep_going);
+}
+
 static const command_t commands[] = {
     {"serve", "run the HTTP API server in the foreground",
      "Usage: limits serve\n"
@@ -107,6 +122,15 @@ static const command_t commands[] = {
      "Card-1..Card-M and an API key, and writes one line \"user_id card_id key\" per card to\n"
      "PATH (for tests and benchmarks).\n",
      cmd_fake_data},
+    {"reconcile", "settle loads whose outcome at Braintree is not known",
+     "Usage: limits reconcile [--loop]\n"
+     "\n"
+     "Looks up, by order id at Braintree, every load left pending or unknown for longer than\n"
+     "RECONCILE_GRACE, and completes it: credited exactly once when charged, failed when not.\n"
+     "Prints what it did and exits (1 if anything failed). With --loop it goes on every\n"
+     "RECONCILE_INTERVAL until SIGINT or SIGTERM. Several may run at once, also alongside\n"
+     "servers (which reconcile too): each load is worked on by one of them at a time.\n",
+     cmd_reconcile},
 };
 
 static void usage(FILE *out)

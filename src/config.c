@@ -86,6 +86,9 @@ static const setting_t settings[] = {
     {"BRAINTREE_TIMEOUT", KIND_DURATION, FIELD(braintree_timeout_ms), REVEAL_VALUE, 0, 0},
     {"BRAINTREE_CONNECT_TIMEOUT", KIND_DURATION, FIELD(braintree_connect_timeout_ms), REVEAL_VALUE,
      0, 0},
+    {"RECONCILE_INTERVAL", KIND_DURATION, FIELD(reconcile_interval_ms), REVEAL_VALUE, 0, 0},
+    {"RECONCILE_GRACE", KIND_DURATION, FIELD(reconcile_grace_ms), REVEAL_VALUE, 0, 0},
+    {"IDEMPOTENCY_TTL", KIND_DURATION, FIELD(idempotency_ttl_ms), REVEAL_VALUE, 0, 0},
 };
 
 /* What each kind expects, as the end of an "invalid value" message. */
@@ -596,6 +599,9 @@ int lim_config_defaults(lim_config_t *cfg)
     cfg->auth_cache_ttl_ms = 10 * 1000;
     cfg->braintree_timeout_ms = 20 * 1000;
     cfg->braintree_connect_timeout_ms = 5 * 1000;
+    cfg->reconcile_interval_ms = 10 * 1000;
+    cfg->reconcile_grace_ms = 60 * 1000;
+    cfg->idempotency_ttl_ms = 24ull * 3600 * 1000;
 
     for (size_t i = 0; i < LIM_ARRAY_SIZE(strings); i++) {
         char **field = (char **) ((char *) cfg + strings[i].offset);

@@ -49,6 +49,8 @@ struct creq_s {
     lim_buf_t resp;
     size_t body_len;
     int too_big;
+    int no_resend;  /* not GET: libcurl must never send it a second time */
+    int attempts;   /* times libcurl was about to send it */
     lim_curl_cb cb;
     void *arg;
     uint64_t start_ns;
@@ -147,11 +149,26 @@ static size_t on_curl_write(char *data, size_t size, size_t nmemb, void *userp)
     return n;
 }
 
+/* Called before each attempt to send, including libcurl's silent resend of a request that got
+ * no answer on a reused connection. A POST/PUT may have been acted on: never resend it. */
+static int on_curl_prereq(void *userp, char *ip, char *local_ip, int port, int local_port)
+{
+    creq_t *r = userp;
+
+    (void) ip;
+    (void) local_ip;
+    (void) port;
+    (void) local_port;
+    return ++r->attempts > 1 && r->no_resend ? CURL_PREREQFUNC_ABORT : CURL_PREREQFUNC_OK;
+}
+
 static int status_of(creq_t *r, CURLcode rc)
 {
     switch (rc) {
     case CURLE_OK:
         return 0;
+    case CURLE_ABORTED_BY_CALLBACK:
+        return r->attempts > 1 ? UV_ECONNRESET : UV_EPROTO; /* a refused resend */
     case CURLE_OPERATION_TIMEDOUT:
         return UV_ETIMEDOUT;
     case CURLE_COULDNT_CONNECT:
@@ -213,7 +230,7 @@ static void req_finish(lim_curl_t *cu, creq_t *r, CURLcode rc, int cancelled)
     memset(&res, 0, sizeof(res));
     res.status = cancelled ? UV_ECANCELED : status_of(r, rc);
     /* Sent = the request line and headers went out, and every body byte after them. */
-    res.sent = request_size > 0 && (uint64_t) uploaded >= r->body_len;
+    res.sent = (request_size > 0 && (uint64_t) uploaded >= r->body_len) || r->attempts > 1;
     res.http_code = res.status == 0 ? http_code : 0;
     res.body = r->resp.data != NULL ? r->resp.data : "";
     res.body_len = r->resp.len;
@@ -334,6 +351,9 @@ int lim_curl_request(lim_curl_t *cu, const lim_curl_req_t *req, lim_curl_cb cb, 
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long) (req->timeout_ms ? req->timeout_ms : 60000));
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_curl_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_curl_prereq);
+    curl_easy_setopt(e, CURLOPT_PREREQDATA, r);
+    r->no_resend = strcmp(req->method, "GET") != 0;
     if (r->hdrs != NULL)
         curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->hdrs);
     if (req->userpwd != NULL) {

@@ -196,6 +196,157 @@ static const lim_migration_t migrations[] = {
      "NULL))\n"
      ");\n"
      "CREATE INDEX idempotency_keys_created_at_idx ON idempotency_keys (created_at);\n"},
+    {2, "load flow functions",
+     /* Reconciliation leases: a reconciler claims a load by moving reconcile_after into the
+      * future, so several instances never work on the same load at once and a crashed
+      * reconciler's claim simply runs out. */
+     "ALTER TABLE loads ADD COLUMN reconcile_after timestamptz NULL;\n"
+
+     /* The load flow's two database steps as functions, so each is one round trip and one
+      * short transaction (PRODUCT.md §3; no lock is held across the gateway call).
+      *
+      * lim_load_begin: under the user's row lock (every window is per user, and a card has one
+      * owner, so this serializes exactly the loads that can affect each other), re-check all
+      * four rules from the ledger itself and record the load as pending. The windows match
+      * card_get: created_at later than now() minus 24, 720 and 8760 hours; succeeded and
+      * in-flight loads count; the balance rule counts the card's balance plus its in-flight
+      * loads. The outcome is 'ok' (the load id and time), 'limit' (with the totals for the
+      * messages), or 'not_found' (no such card, or not this user's: ownership in the SQL). */
+     "CREATE FUNCTION lim_load_begin(p_user bigint, p_card bigint, p_amount bigint,\n"
+     "    p_order text, p_idem text, p_limit_day bigint, p_limit_month bigint,\n"
+     "    p_limit_year bigint, p_limit_balance bigint)\n"
+     "RETURNS TABLE (outcome text, load_id bigint, created_ms bigint, day_minor bigint,\n"
+     "    month_minor bigint, year_minor bigint, card_minor bigint, customer_id text,\n"
+     "    customer_created boolean)\n"
+     "LANGUAGE plpgsql AS $f$\n"
+     "DECLARE\n"
+     "    v_balance bigint;\n"
+     "    v_inflight bigint;\n"
+     "    v_id bigint;\n"
+     "    v_created timestamptz;\n"
+     "BEGIN\n"
+     "    SELECT u.braintree_customer_id, u.braintree_customer_created\n"
+     "      INTO customer_id, customer_created FROM users u WHERE u.id = p_user FOR UPDATE;\n"
+     "    SELECT c.balance_minor INTO v_balance FROM cards c\n"
+     "     WHERE c.id = p_card AND c.user_id = p_user;\n"
+     "    IF NOT FOUND THEN\n"
+     "        RETURN QUERY SELECT 'not_found'::text, NULL::bigint, NULL::bigint, 0::bigint,\n"
+     "            0::bigint, 0::bigint, 0::bigint, customer_id, customer_created;\n"
+     "        RETURN;\n"
+     "    END IF;\n"
+     "    SELECT COALESCE(sum(l.amount_minor)\n"
+     "               FILTER (WHERE l.created_at > now() - interval '24 hours'), 0),\n"
+     "           COALESCE(sum(l.amount_minor)\n"
+     "               FILTER (WHERE l.created_at > now() - interval '720 hours'), 0),\n"
+     "           COALESCE(sum(l.amount_minor), 0)\n"
+     "      INTO day_minor, month_minor, year_minor\n"
+     "      FROM loads l\n"
+     "     WHERE l.user_id = p_user AND l.status IN ('pending', 'succeeded', 'unknown')\n"
+     "       AND l.created_at > now() - interval '8760 hours';\n"
+     "    SELECT COALESCE(sum(l.amount_minor), 0) INTO v_inflight FROM loads l\n"
+     "     WHERE l.card_id = p_card AND l.status IN ('pending', 'unknown');\n"
+     "    card_minor := v_balance + v_inflight;\n"
+     "    IF day_minor + p_amount > p_limit_day OR month_minor + p_amount > p_limit_month\n"
+     "       OR year_minor + p_amount > p_limit_year\n"
+     "       OR card_minor + p_amount > p_limit_balance THEN\n"
+     "        RETURN QUERY SELECT 'limit'::text, NULL::bigint, NULL::bigint, day_minor,\n"
+     "            month_minor, year_minor, card_minor, customer_id, customer_created;\n"
+     "        RETURN;\n"
+     "    END IF;\n"
+     "    INSERT INTO loads (card_id, user_id, amount_minor, status, order_id, idempotency_key)\n"
+     "    VALUES (p_card, p_user, p_amount, 'pending', p_order, p_idem)\n"
+     "    RETURNING id, created_at INTO v_id, v_created;\n"
+     "    IF p_idem IS NOT NULL THEN\n"
+     "        UPDATE idempotency_keys k SET load_id = v_id, updated_at = now()\n"
+     "         WHERE k.user_id = p_user AND k.key = p_idem;\n"
+     "    END IF;\n"
+     "    RETURN QUERY SELECT 'ok'::text, v_id,\n"
+     "        (extract(epoch FROM v_created) * 1000)::bigint, day_minor, month_minor,\n"
+     "        year_minor, card_minor, customer_id, customer_created;\n"
+     "END\n"
+     "$f$;\n"
+
+     /* lim_load_finish: move an in-flight load to its outcome, crediting the card in the same
+      * transaction when it succeeded. Only a load still pending or unknown changes, so a
+      * second finish (a retry, reconciliation racing the request, two reconcilers) credits
+      * nothing: 'done' says this call made the change, 'already' returns the load as it was.
+      * An 'unknown' outcome keeps the load in flight for reconciliation. */
+     "CREATE FUNCTION lim_load_finish(p_load bigint, p_status text, p_txn text, p_code text,\n"
+     "    p_text text)\n"
+     "RETURNS TABLE (outcome text, balance_minor bigint, id bigint, card_id bigint,\n"
+     "    user_id bigint, amount_minor bigint, status text, order_id text,\n"
+     "    braintree_transaction_id text, error_code text, error_text text, created_ms bigint)\n"
+     "LANGUAGE plpgsql AS $f$\n"
+     "DECLARE\n"
+     "    v loads%ROWTYPE;\n"
+     "    v_outcome text := 'done';\n"
+     "    v_balance bigint;\n"
+     "BEGIN\n"
+     "    IF p_status NOT IN ('succeeded', 'declined', 'failed', 'unknown') THEN\n"
+     "        RAISE EXCEPTION 'lim_load_finish: bad status %', p_status\n"
+     "            USING ERRCODE = 'invalid_parameter_value';\n"
+     "    END IF;\n"
+     "    UPDATE loads l SET status = p_status,\n"
+     "           braintree_transaction_id = COALESCE(p_txn, l.braintree_transaction_id),\n"
+     "           error_code = p_code, error_text = p_text\n"
+     "     WHERE l.id = p_load AND l.status IN ('pending', 'unknown')\n"
+     "    RETURNING l.* INTO v;\n"
+     "    IF NOT FOUND THEN\n"
+     "        SELECT l.* INTO v FROM loads l WHERE l.id = p_load;\n"
+     "        IF NOT FOUND THEN\n"
+     "            RETURN;\n"
+     "        END IF;\n"
+     "        v_outcome := 'already';\n"
+     "    ELSIF p_status = 'succeeded' THEN\n"
+     "        UPDATE cards c SET balance_minor = c.balance_minor + v.amount_minor\n"
+     "         WHERE c.id = v.card_id RETURNING c.balance_minor INTO v_balance;\n"
+     "    END IF;\n"
+     "    IF v_balance IS NULL THEN\n"
+     "        SELECT c.balance_minor INTO v_balance FROM cards c WHERE c.id = v.card_id;\n"
+     "    END IF;\n"
+     "    RETURN QUERY SELECT v_outcome, v_balance, v.id, v.card_id, v.user_id,\n"
+     "        v.amount_minor, v.status, v.order_id, COALESCE(v.braintree_transaction_id, ''),\n"
+     "        COALESCE(v.error_code, ''), COALESCE(v.error_text, ''),\n"
+     "        (extract(epoch FROM v.created_at) * 1000)::bigint;\n"
+     "END\n"
+     "$f$;\n"
+
+     /* lim_idem_begin: claim an Idempotency-Key for a request (reliability-notes §1.4).
+      * 'new': this request owns the key now (inserted, or taken over from an attempt that
+      * died before creating a load); 'reused': the key belongs to a different request (422);
+      * 'replay': the stored final response; 'in_use': the first request is still running
+      * (409); 'load': the first request created a load and answered (202) or died: answer
+      * from the load as it is now. */
+     "CREATE FUNCTION lim_idem_begin(p_user bigint, p_key text, p_fp bytea, p_stale_ms bigint)\n"
+     "RETURNS TABLE (state text, response_status integer, response_body text, load_id bigint)\n"
+     "LANGUAGE plpgsql AS $f$\n"
+     "DECLARE\n"
+     "    v idempotency_keys%ROWTYPE;\n"
+     "BEGIN\n"
+     "    INSERT INTO idempotency_keys AS k (user_id, key, request_fingerprint)\n"
+     "    VALUES (p_user, p_key, p_fp) ON CONFLICT DO NOTHING;\n"
+     "    IF FOUND THEN\n"
+     "        RETURN QUERY SELECT 'new'::text, NULL::integer, NULL::text, NULL::bigint;\n"
+     "        RETURN;\n"
+     "    END IF;\n"
+     "    SELECT k.* INTO v FROM idempotency_keys k\n"
+     "     WHERE k.user_id = p_user AND k.key = p_key FOR UPDATE;\n"
+     "    IF v.request_fingerprint <> p_fp THEN\n"
+     "        RETURN QUERY SELECT 'reused'::text, NULL::integer, NULL::text, NULL::bigint;\n"
+     "    ELSIF v.status = 'done' THEN\n"
+     "        RETURN QUERY SELECT 'replay'::text, v.response_status, v.response_body, v.load_id;\n"
+     "    ELSIF v.locked_at IS NOT NULL\n"
+     "          AND v.locked_at > now() - p_stale_ms * interval '1 millisecond' THEN\n"
+     "        RETURN QUERY SELECT 'in_use'::text, NULL::integer, NULL::text, v.load_id;\n"
+     "    ELSIF v.load_id IS NOT NULL THEN\n"
+     "        RETURN QUERY SELECT 'load'::text, NULL::integer, NULL::text, v.load_id;\n"
+     "    ELSE\n"
+     "        UPDATE idempotency_keys k SET locked_at = now(), updated_at = now()\n"
+     "         WHERE k.user_id = p_user AND k.key = p_key;\n"
+     "        RETURN QUERY SELECT 'new'::text, NULL::integer, NULL::text, NULL::bigint;\n"
+     "    END IF;\n"
+     "END\n"
+     "$f$;\n"},
 };
 
 /* The build's schema version is the last migration: a new migration without the bump (or the

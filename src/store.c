@@ -46,7 +46,24 @@ enum {
     STMT_CARD_GET,
     STMT_CUSTOMER_GET,
     STMT_CUSTOMER_CREATED,
+    STMT_LOAD_BEGIN,
+    STMT_LOAD_FINISH,
+    STMT_LOADS_LIST,
+    STMT_LOAD_GET,
+    STMT_LOAD_BY_ID,
+    STMT_RECONCILE_CLAIM,
+    STMT_IDEM_BEGIN,
+    STMT_IDEM_DONE,
+    STMT_IDEM_RELEASE,
+    STMT_IDEM_FORGET,
+    STMT_IDEM_PRUNE,
 };
+
+/* The columns get_load() reads, in its order. */
+#define LOAD_COLS                                                                                  \
+    "l.id, l.card_id, l.user_id, l.amount_minor, l.status, l.order_id,"                            \
+    " COALESCE(l.braintree_transaction_id, ''), COALESCE(l.error_code, ''),"                        \
+    " COALESCE(l.error_text, ''), (extract(epoch FROM l.created_at) * 1000)::bigint"
 
 /* Every statement names its owner in the WHERE clause (store.h: ownership inside the SQL). */
 static const lim_pg_stmt_t stmts[] = {
@@ -93,6 +110,70 @@ static const lim_pg_stmt_t stmts[] = {
                                "UPDATE users SET braintree_customer_created = true"
                                " WHERE id = $1::bigint AND NOT braintree_customer_created",
                                1},
+    [STMT_LOAD_BEGIN] = {"load_begin",
+                         "SELECT outcome, load_id, created_ms, day_minor, month_minor, year_minor,"
+                         " card_minor, customer_id, customer_created"
+                         " FROM lim_load_begin($1::bigint, $2::bigint, $3::bigint, $4::text,"
+                         " $5::text, $6::bigint, $7::bigint, $8::bigint, $9::bigint)",
+                         9},
+    /* The function returns the row as it is after the change (a join here would read the
+     * statement's snapshot, from before it). */
+    [STMT_LOAD_FINISH] = {"load_finish",
+                          "SELECT id, card_id, user_id, amount_minor, status, order_id,"
+                          " braintree_transaction_id, error_code, error_text, created_ms,"
+                          " outcome, balance_minor"
+                          " FROM lim_load_finish($1::bigint, $2::text, $3::text, $4::text,"
+                          " $5::text)",
+                          5},
+    /* The card row decides "not yours" (no row at all); the lateral join gives its loads, or
+     * one row of NULLs when it has none. */
+    [STMT_LOADS_LIST] = {"loads_list",
+                         "SELECT " LOAD_COLS " FROM cards c LEFT JOIN LATERAL ("
+                         "  SELECT * FROM loads x WHERE x.card_id = c.id"
+                         "   AND ($3::bigint = 0 OR x.id < $3::bigint)"
+                         "   ORDER BY x.id DESC LIMIT $4::int) l ON true"
+                         " WHERE c.id = $2::bigint AND c.user_id = $1::bigint"
+                         " ORDER BY l.id DESC",
+                         4},
+    [STMT_LOAD_GET] = {"load_get",
+                       "SELECT " LOAD_COLS " FROM loads l WHERE l.id = $3::bigint"
+                       " AND l.card_id = $2::bigint AND l.user_id = $1::bigint",
+                       3},
+    [STMT_LOAD_BY_ID] = {"load_by_id",
+                         "SELECT " LOAD_COLS " FROM loads l WHERE l.id = $2::bigint"
+                         " AND l.user_id = $1::bigint",
+                         2},
+    [STMT_RECONCILE_CLAIM] = {"reconcile_claim",
+                              "UPDATE loads l"
+                              " SET reconcile_after = now() + $2::bigint * interval '1 millisecond'"
+                              " WHERE l.id IN (SELECT x.id FROM loads x"
+                              "  WHERE x.status IN ('pending', 'unknown')"
+                              "   AND x.created_at < now() - $1::bigint * interval '1 millisecond'"
+                              "   AND (x.reconcile_after IS NULL OR x.reconcile_after < now())"
+                              "  ORDER BY x.created_at LIMIT $3::int FOR UPDATE SKIP LOCKED)"
+                              " RETURNING " LOAD_COLS,
+                              3},
+    [STMT_IDEM_BEGIN] = {"idem_begin",
+                         "SELECT state, response_status, response_body, load_id"
+                         " FROM lim_idem_begin($1::bigint, $2::text, $3::bytea, $4::bigint)",
+                         4},
+    [STMT_IDEM_DONE] = {"idem_done",
+                        "UPDATE idempotency_keys SET status = 'done', locked_at = NULL,"
+                        " response_status = $3::int, response_body = $4::text, updated_at = now()"
+                        " WHERE user_id = $1::bigint AND key = $2::text",
+                        4},
+    [STMT_IDEM_RELEASE] = {"idem_release",
+                           "UPDATE idempotency_keys SET locked_at = NULL, updated_at = now()"
+                           " WHERE user_id = $1::bigint AND key = $2::text",
+                           2},
+    [STMT_IDEM_FORGET] = {"idem_forget",
+                          "DELETE FROM idempotency_keys WHERE user_id = $1::bigint"
+                          " AND key = $2::text",
+                          2},
+    [STMT_IDEM_PRUNE] = {"idem_prune",
+                         "DELETE FROM idempotency_keys"
+                         " WHERE created_at < now() - $1::bigint * interval '1 millisecond'",
+                         1},
 };
 
 struct lim_store_s {
@@ -109,7 +190,12 @@ typedef struct req_s {
         lim_store_card_cb card;
         lim_store_customer_cb customer;
         lim_store_done_cb done;
+        lim_store_begin_cb begin;
+        lim_store_load_cb load;
+        lim_store_loads_cb loads;
+        lim_store_idem_cb idem;
     } cb;
+    unsigned stmt; /* for the shared result handlers */
     void *arg;
 } req_t;
 
@@ -405,6 +491,327 @@ int lim_store_customer_created(lim_store_t *store, int64_t user_id, lim_store_do
     req->cb.done = cb;
     req->arg = arg;
     return start(store, STMT_CUSTOMER_CREATED, params, 1, on_customer_created, req);
+}
+
+/* ---- the load flow ----------------------------------------------------------------------- */
+
+static req_t *req_new(void *cb, void *arg, unsigned stmt)
+{
+    req_t *req = malloc(sizeof(*req));
+
+    if (req != NULL) {
+        /* Every member of the union is a function pointer of the same size. */
+        memcpy(&req->cb, &cb, sizeof(cb));
+        req->arg = arg;
+        req->stmt = stmt;
+    }
+    return req;
+}
+
+static void copy_text(char *dst, size_t size, const PGresult *res, int row, int col)
+{
+    int len = PQgetisnull(res, row, col) ? 0 : PQgetlength(res, row, col);
+    size_t n = (size_t) len < size - 1 ? (size_t) len : size - 1;
+
+    memcpy(dst, PQgetvalue(res, row, col), n);
+    dst[n] = '\0';
+}
+
+/* Read LOAD_COLS starting at column `col`. */
+static int get_load(const PGresult *res, int row, int col, unsigned stmt, lim_load_t *l)
+{
+    memset(l, 0, sizeof(*l));
+    if (PQnfields(res) < col + 10 || lim_pg_get_i64(res, row, col, &l->id) != 0 ||
+        lim_pg_get_i64(res, row, col + 1, &l->card_id) != 0 ||
+        lim_pg_get_i64(res, row, col + 2, &l->user_id) != 0 ||
+        lim_pg_get_i64(res, row, col + 3, &l->amount_minor) != 0 ||
+        lim_pg_get_i64(res, row, col + 9, &l->created_ms) != 0)
+        return bad_result(stmt, "a load column is not a number");
+    copy_text(l->status, sizeof(l->status), res, row, col + 4);
+    copy_text(l->order_id, sizeof(l->order_id), res, row, col + 5);
+    copy_text(l->transaction_id, sizeof(l->transaction_id), res, row, col + 6);
+    copy_text(l->error_code, sizeof(l->error_code), res, row, col + 7);
+    copy_text(l->error_text, sizeof(l->error_text), res, row, col + 8);
+    return 0;
+}
+
+static void on_load_begin(const lim_pg_result_t *r, void *arg)
+{
+    req_t *req = arg;
+    lim_store_begin_cb cb = req->cb.begin;
+    void *cb_arg = req->arg;
+    lim_load_begin_t b;
+    const PGresult *res = r->res;
+    int status = r->status;
+
+    free(req);
+    if (query_failed(r, STMT_LOAD_BEGIN)) {
+        cb(status, NULL, cb_arg);
+        return;
+    }
+    memset(&b, 0, sizeof(b));
+    if (PQntuples(res) != 1 || PQnfields(res) < 9) {
+        cb(bad_result(STMT_LOAD_BEGIN, "not one row"), NULL, cb_arg);
+        return;
+    }
+    const char *outcome = PQgetvalue(res, 0, 0);
+    b.outcome = strcmp(outcome, "ok") == 0      ? LIM_LOAD_BEGIN_OK
+                : strcmp(outcome, "limit") == 0 ? LIM_LOAD_BEGIN_LIMIT
+                                                : LIM_LOAD_BEGIN_NOT_FOUND;
+    if ((b.outcome == LIM_LOAD_BEGIN_OK && (lim_pg_get_i64(res, 0, 1, &b.load_id) != 0 ||
+                                            lim_pg_get_i64(res, 0, 2, &b.created_ms) != 0)) ||
+        lim_pg_get_i64(res, 0, 3, &b.day_minor) != 0 ||
+        lim_pg_get_i64(res, 0, 4, &b.month_minor) != 0 ||
+        lim_pg_get_i64(res, 0, 5, &b.year_minor) != 0 ||
+        lim_pg_get_i64(res, 0, 6, &b.card_minor) != 0) {
+        cb(bad_result(STMT_LOAD_BEGIN, "a total is not a number"), NULL, cb_arg);
+        return;
+    }
+    copy_text(b.customer_id, sizeof(b.customer_id), res, 0, 7);
+    b.customer_created = strcmp(PQgetvalue(res, 0, 8), "t") == 0;
+    cb(0, &b, cb_arg);
+}
+
+int lim_store_load_begin(lim_store_t *store, int64_t user_id, int64_t card_id,
+                         lim_money_t amount_minor, const char *order_id, const char *idem_key,
+                         const lim_limits_t *limits, lim_store_begin_cb cb, void *arg)
+{
+    char v[7][24];
+    const char *params[9] = {v[0], v[1], v[2], order_id, idem_key, v[3], v[4], v[5], v[6]};
+    req_t *req = req_new((void *) cb, arg, STMT_LOAD_BEGIN);
+
+    if (req == NULL)
+        return UV_ENOMEM;
+    snprintf(v[0], sizeof(v[0]), "%" PRId64, user_id);
+    snprintf(v[1], sizeof(v[1]), "%" PRId64, card_id);
+    snprintf(v[2], sizeof(v[2]), "%" PRId64, amount_minor);
+    snprintf(v[3], sizeof(v[3]), "%" PRId64, limits->day_minor);
+    snprintf(v[4], sizeof(v[4]), "%" PRId64, limits->month_minor);
+    snprintf(v[5], sizeof(v[5]), "%" PRId64, limits->year_minor);
+    snprintf(v[6], sizeof(v[6]), "%" PRId64, limits->balance_minor);
+    return start(store, STMT_LOAD_BEGIN, params, 9, on_load_begin, req);
+}
+
+static void on_load_finish(const lim_pg_result_t *r, void *arg)
+{
+    req_t *req = arg;
+    lim_store_load_cb cb = req->cb.load;
+    void *cb_arg = req->arg;
+    lim_load_t load;
+    int status = r->status;
+
+    free(req);
+    if (query_failed(r, STMT_LOAD_FINISH)) {
+        cb(status, 0, NULL, cb_arg);
+        return;
+    }
+    if (PQntuples(r->res) == 0) {
+        cb(0, 0, NULL, cb_arg);
+        return;
+    }
+    if (PQnfields(r->res) < 12 || get_load(r->res, 0, 0, STMT_LOAD_FINISH, &load) != 0 ||
+        lim_pg_get_i64(r->res, 0, 11, &load.balance_minor) != 0) {
+        cb(bad_result(STMT_LOAD_FINISH, "bad row"), 0, NULL, cb_arg);
+        return;
+    }
+    cb(0, strcmp(PQgetvalue(r->res, 0, 10), "done") == 0, &load, cb_arg);
+}
+
+int lim_store_load_finish(lim_store_t *store, int64_t load_id, const char *status,
+                          const char *txn_id, const char *code, const char *text,
+                          lim_store_load_cb cb, void *arg)
+{
+    char id[24];
+    const char *params[5] = {id, status, txn_id, code, text};
+    req_t *req = req_new((void *) cb, arg, STMT_LOAD_FINISH);
+
+    if (req == NULL)
+        return UV_ENOMEM;
+    snprintf(id, sizeof(id), "%" PRId64, load_id);
+    return start(store, STMT_LOAD_FINISH, params, 5, on_load_finish, req);
+}
+
+/* Shared by the statements that return LOAD_COLS rows. */
+static void on_loads(const lim_pg_result_t *r, void *arg)
+{
+    req_t *req = arg;
+    lim_store_loads_cb cb = req->cb.loads;
+    void *cb_arg = req->arg;
+    unsigned stmt = req->stmt;
+    int status = r->status;
+    lim_load_t *loads = NULL;
+    lim_load_t none;
+    int n, kept = 0;
+
+    free(req);
+    if (query_failed(r, stmt)) {
+        cb(status, NULL, 0, cb_arg);
+        return;
+    }
+    n = PQntuples(r->res);
+    if (stmt == STMT_LOADS_LIST && n == 0) {
+        cb(0, NULL, 0, cb_arg); /* no such card for this user */
+        return;
+    }
+    if (n > 0) {
+        loads = calloc((size_t) n, sizeof(*loads));
+        if (loads == NULL) {
+            cb(UV_ENOMEM, NULL, 0, cb_arg);
+            return;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        /* A card without loads gives one row of NULLs (the lateral join). */
+        if (PQgetisnull(r->res, i, 0))
+            continue;
+        if (get_load(r->res, i, 0, stmt, &loads[kept]) != 0) {
+            free(loads);
+            cb(UV_EPROTO, NULL, 0, cb_arg);
+            return;
+        }
+        kept++;
+    }
+    cb(0, loads != NULL ? loads : &none, (size_t) kept, cb_arg);
+    free(loads);
+}
+
+static int loads_query(lim_store_t *store, unsigned stmt, const int64_t *nums, int n,
+                       lim_store_loads_cb cb, void *arg)
+{
+    char v[4][24];
+    const char *params[4];
+    req_t *req = req_new((void *) cb, arg, stmt);
+
+    if (req == NULL)
+        return UV_ENOMEM;
+    for (int i = 0; i < n; i++) {
+        snprintf(v[i], sizeof(v[i]), "%" PRId64, nums[i]);
+        params[i] = v[i];
+    }
+    return start(store, stmt, params, n, on_loads, req);
+}
+
+int lim_store_loads_list(lim_store_t *store, int64_t user_id, int64_t card_id, int64_t before_id,
+                         unsigned limit, lim_store_loads_cb cb, void *arg)
+{
+    int64_t nums[4] = {user_id, card_id, before_id, limit};
+    return loads_query(store, STMT_LOADS_LIST, nums, 4, cb, arg);
+}
+
+int lim_store_load_get(lim_store_t *store, int64_t user_id, int64_t card_id, int64_t load_id,
+                       lim_store_loads_cb cb, void *arg)
+{
+    int64_t nums[3] = {user_id, card_id, load_id};
+    return loads_query(store, STMT_LOAD_GET, nums, 3, cb, arg);
+}
+
+int lim_store_load_by_id(lim_store_t *store, int64_t user_id, int64_t load_id,
+                         lim_store_loads_cb cb, void *arg)
+{
+    int64_t nums[2] = {user_id, load_id};
+    return loads_query(store, STMT_LOAD_BY_ID, nums, 2, cb, arg);
+}
+
+int lim_store_reconcile_claim(lim_store_t *store, uint64_t grace_ms, uint64_t lease_ms,
+                              unsigned limit, lim_store_loads_cb cb, void *arg)
+{
+    int64_t nums[3] = {(int64_t) grace_ms, (int64_t) lease_ms, limit};
+    return loads_query(store, STMT_RECONCILE_CLAIM, nums, 3, cb, arg);
+}
+
+static void on_idem_begin(const lim_pg_result_t *r, void *arg)
+{
+    req_t *req = arg;
+    lim_store_idem_cb cb = req->cb.idem;
+    void *cb_arg = req->arg;
+    int status = r->status;
+    lim_idem_t idem;
+    const PGresult *res = r->res;
+
+    free(req);
+    if (query_failed(r, STMT_IDEM_BEGIN)) {
+        cb(status, NULL, cb_arg);
+        return;
+    }
+    if (PQntuples(res) != 1 || PQnfields(res) < 4) {
+        cb(bad_result(STMT_IDEM_BEGIN, "not one row"), NULL, cb_arg);
+        return;
+    }
+    memset(&idem, 0, sizeof(idem));
+    const char *st = PQgetvalue(res, 0, 0);
+    idem.state = strcmp(st, "new") == 0      ? LIM_IDEM_NEW
+                 : strcmp(st, "reused") == 0 ? LIM_IDEM_REUSED
+                 : strcmp(st, "replay") == 0 ? LIM_IDEM_REPLAY
+                 : strcmp(st, "in_use") == 0 ? LIM_IDEM_IN_USE
+                                             : LIM_IDEM_LOAD;
+    if (!PQgetisnull(res, 0, 1))
+        idem.response_status = atoi(PQgetvalue(res, 0, 1));
+    idem.response_body = PQgetisnull(res, 0, 2) ? "" : PQgetvalue(res, 0, 2);
+    if (!PQgetisnull(res, 0, 3) && lim_pg_get_i64(res, 0, 3, &idem.load_id) != 0) {
+        cb(bad_result(STMT_IDEM_BEGIN, "load id is not a number"), NULL, cb_arg);
+        return;
+    }
+    cb(0, &idem, cb_arg);
+}
+
+int lim_store_idem_begin(lim_store_t *store, int64_t user_id, const char *key,
+                         const uint8_t fingerprint[32], uint64_t stale_ms, lim_store_idem_cb cb,
+                         void *arg)
+{
+    char user[24], stale[24], fp[2 + 64 + 1] = "\\x";
+    const char *params[4] = {user, key, fp, stale};
+    req_t *req = req_new((void *) cb, arg, STMT_IDEM_BEGIN);
+
+    if (req == NULL)
+        return UV_ENOMEM;
+    snprintf(user, sizeof(user), "%" PRId64, user_id);
+    snprintf(stale, sizeof(stale), "%" PRIu64, stale_ms);
+    lim_apikey_hex(fingerprint, fp + 2);
+    return start(store, STMT_IDEM_BEGIN, params, 4, on_idem_begin, req);
+}
+
+static void on_done(const lim_pg_result_t *r, void *arg)
+{
+    req_t *req = arg;
+    lim_store_done_cb cb = req->cb.done;
+    void *cb_arg = req->arg;
+    unsigned stmt = req->stmt;
+    int status = r->status;
+
+    free(req);
+    (void) query_failed(r, stmt);
+    cb(status, cb_arg);
+}
+
+int lim_store_idem_finish(lim_store_t *store, int64_t user_id, const char *key,
+                          int response_status, const char *response_body, lim_store_done_cb cb,
+                          void *arg)
+{
+    char user[24], st[16];
+    const char *params[4] = {user, key, st, response_body};
+    unsigned stmt = response_status > 0    ? STMT_IDEM_DONE
+                    : response_status == 0 ? STMT_IDEM_RELEASE
+                                           : STMT_IDEM_FORGET;
+    req_t *req = req_new((void *) cb, arg, stmt);
+
+    if (req == NULL)
+        return UV_ENOMEM;
+    snprintf(user, sizeof(user), "%" PRId64, user_id);
+    snprintf(st, sizeof(st), "%d", response_status);
+    return start(store, stmt, params, stmt == STMT_IDEM_DONE ? 4 : 2, on_done, req);
+}
+
+int lim_store_idem_prune(lim_store_t *store, uint64_t max_age_ms, lim_store_done_cb cb,
+                         void *arg)
+{
+    char age[24];
+    const char *params[1] = {age};
+    req_t *req = req_new((void *) cb, arg, STMT_IDEM_PRUNE);
+
+    if (req == NULL)
+        return UV_ENOMEM;
+    snprintf(age, sizeof(age), "%" PRIu64, max_age_ms);
+    return start(store, STMT_IDEM_PRUNE, params, 1, on_done, req);
 }
 
 /* ---- blocking: connections and queries for CLI commands --------------------------------- */

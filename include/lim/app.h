@@ -23,6 +23,8 @@
 typedef struct lim_auth_s lim_auth_t;
 typedef struct lim_curl_s lim_curl_t;
 typedef struct lim_bt_s lim_bt_t;
+typedef struct lim_limiter_s lim_limiter_t;
+typedef struct lim_reconciler_s lim_reconciler_t;
 
 typedef struct lim_home_s {
     char *html; /* the rendered page */
@@ -39,6 +41,9 @@ typedef struct lim_app_s {
     lim_auth_t *auth;   /* API-key checks with their cache */
     lim_curl_t *curl;   /* outgoing HTTP on the loop */
     lim_bt_t *bt;       /* Braintree; NULL when BRAINTREE_MERCHANT_ID is not set */
+    lim_limiter_t *limits; /* the Redis fast path of the compliance limits */
+    lim_reconciler_t *reconciler; /* settles loads whose outcome is unknown */
+    void (*services_closed)(struct lim_app_s *app); /* the end of an ordered close */
     uv_signal_t sig_int, sig_term;
     uv_timer_t stop_timer; /* SHUTDOWN_TIMEOUT while stopping */
     int stopping;          /* a graceful stop is under way */
@@ -62,5 +67,9 @@ void lim_app_free(lim_app_t *app);
 
 /** `limits serve`: start, run the loop until stopped, return the exit status. */
 int lim_app_serve(const lim_config_t *cfg);
+
+/** `limits reconcile`: one pass (or, keep_going, passes every RECONCILE_INTERVAL until
+ *  SIGINT/SIGTERM); prints what it did; returns the exit status. */
+int lim_app_reconcile(const lim_config_t *cfg, int keep_going);
 
 #endif

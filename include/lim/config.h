@@ -89,6 +89,12 @@ typedef struct lim_config_s {
     uint64_t braintree_timeout_ms;         /* BRAINTREE_TIMEOUT, default 20s: a whole gateway
                                               call; a sale unanswered by then is "unknown" */
     uint64_t braintree_connect_timeout_ms; /* BRAINTREE_CONNECT_TIMEOUT, default 5s */
+
+    /* Reconciliation and idempotency */
+    uint64_t reconcile_interval_ms; /* RECONCILE_INTERVAL, default 10s: between passes in serve */
+    uint64_t reconcile_grace_ms;    /* RECONCILE_GRACE, default 60s: only loads older than this
+                                       (kept above BRAINTREE_TIMEOUT) */
+    uint64_t idempotency_ttl_ms;    /* IDEMPOTENCY_TTL, default 24h: keys kept at least this long */
 } lim_config_t;
 
 /** Fill `cfg` with the built-in defaults. @return 0 or UV_ENOMEM. */

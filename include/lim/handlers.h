@@ -17,6 +17,9 @@ void lim_handle_healthz(lim_req_t *req);    /* GET /healthz */
 void lim_handle_cards_list(lim_req_t *req); /* GET /cards/ */
 void lim_handle_card_get(lim_req_t *req);   /* GET /cards/{id}/ */
 void lim_handle_tokens(lim_req_t *req);     /* POST /tokens/ */
+void lim_handle_card_load(lim_req_t *req);  /* POST /cards/{id}/load/ */
+void lim_handle_card_loads(lim_req_t *req); /* GET /cards/{id}/loads/ */
+void lim_handle_card_load_get(lim_req_t *req); /* GET /cards/{id}/loads/{load_id}/ */
 
 /** 503 service-unavailable with Retry-After: 1 (nothing was changed). */
 void lim_respond_unavailable(lim_req_t *req, const char *message);

@@ -24,7 +24,7 @@
 #include "lim/pg.h"
 
 /* The schema version this build expects (the last migration's number). */
-#define LIM_SCHEMA_VERSION 1
+#define LIM_SCHEMA_VERSION 2
 
 typedef struct lim_store_s lim_store_t;
 
@@ -86,6 +86,128 @@ LIM_MUSTCHECK int lim_store_customer_get(lim_store_t *store, int64_t user_id,
 /** Remember that the user's customer exists at the gateway (idempotent). */
 LIM_MUSTCHECK int lim_store_customer_created(lim_store_t *store, int64_t user_id,
                                              lim_store_done_cb cb, void *arg);
+
+/* ---- the load flow (PRODUCT.md §3) ----------------------------------------------------- */
+
+/* One load as the ledger has it. */
+typedef struct lim_load_s {
+    int64_t id;
+    int64_t card_id;
+    int64_t user_id;
+    lim_money_t amount_minor;
+    char status[16];         /* pending | succeeded | declined | failed | unknown */
+    char order_id[64];       /* the Braintree order id */
+    char transaction_id[64]; /* "" until known */
+    char error_code[48];     /* declined/failed: the first error */
+    char error_text[256];
+    int64_t created_ms;      /* Unix time in ms (database clock) */
+    lim_money_t balance_minor; /* lim_store_load_finish: the card's balance afterwards */
+} lim_load_t;
+
+typedef enum lim_load_begin_outcome_e {
+    LIM_LOAD_BEGIN_OK = 0,    /* recorded as pending: charge it */
+    LIM_LOAD_BEGIN_LIMIT,     /* a rule would be broken: nothing recorded */
+    LIM_LOAD_BEGIN_NOT_FOUND, /* no such card for this user */
+} lim_load_begin_outcome_t;
+
+typedef struct lim_load_begin_s {
+    lim_load_begin_outcome_t outcome;
+    int64_t load_id;    /* OK */
+    int64_t created_ms; /* OK */
+    /* The totals the rules saw, before this load: the user's 1, 30 and 365-day sums and the
+     * card's balance plus in-flight loads. */
+    lim_money_t day_minor, month_minor, year_minor, card_minor;
+    char customer_id[64]; /* the user's Braintree customer */
+    int customer_created;
+} lim_load_begin_t;
+
+/* Limits in cents, as configured. */
+typedef struct lim_limits_s {
+    lim_money_t day_minor, month_minor, year_minor, balance_minor;
+} lim_limits_t;
+
+typedef void (*lim_store_begin_cb)(int status, const lim_load_begin_t *b, void *arg);
+typedef void (*lim_store_load_cb)(int status, int changed, const lim_load_t *load, void *arg);
+typedef void (*lim_store_loads_cb)(int status, const lim_load_t *loads, size_t n, void *arg);
+
+/**
+ * Phase 1: under the user's lock, check the four rules against the ledger and record the load
+ * as pending with `order_id` (and link `idem_key`, when not NULL, to it).
+ */
+LIM_MUSTCHECK int lim_store_load_begin(lim_store_t *store, int64_t user_id, int64_t card_id,
+                                       lim_money_t amount_minor, const char *order_id,
+                                       const char *idem_key, const lim_limits_t *limits,
+                                       lim_store_begin_cb cb, void *arg);
+
+/**
+ * Phase 3: move an in-flight load to `status` (succeeded, declined, failed, unknown), crediting
+ * the card when succeeded; `changed` is 0 when the load was already final (nothing done), and
+ * `load` is then the load as it is. txn_id/code/text may be NULL. load NULL: no such load.
+ */
+LIM_MUSTCHECK int lim_store_load_finish(lim_store_t *store, int64_t load_id, const char *status,
+                                        const char *txn_id, const char *code, const char *text,
+                                        lim_store_load_cb cb, void *arg);
+
+/** A card's loads, newest first: at most `limit` with id < before_id (0: from the newest). */
+LIM_MUSTCHECK int lim_store_loads_list(lim_store_t *store, int64_t user_id, int64_t card_id,
+                                       int64_t before_id, unsigned limit, lim_store_loads_cb cb,
+                                       void *arg);
+
+/** One load of the user's card (n == 0 when not theirs or not there). */
+LIM_MUSTCHECK int lim_store_load_get(lim_store_t *store, int64_t user_id, int64_t card_id,
+                                     int64_t load_id, lim_store_loads_cb cb, void *arg);
+
+/** Any of the user's loads by id, for an idempotent replay (n == 0 when none). */
+LIM_MUSTCHECK int lim_store_load_by_id(lim_store_t *store, int64_t user_id, int64_t load_id,
+                                       lim_store_loads_cb cb, void *arg);
+
+/**
+ * Reconciliation: claim up to `limit` loads pending or unknown for longer than grace_ms whose
+ * lease has run out, leasing them for lease_ms (FOR UPDATE SKIP LOCKED: concurrent
+ * reconcilers get disjoint sets).
+ */
+LIM_MUSTCHECK int lim_store_reconcile_claim(lim_store_t *store, uint64_t grace_ms,
+                                            uint64_t lease_ms, unsigned limit,
+                                            lim_store_loads_cb cb, void *arg);
+
+/* ---- Idempotency-Key ---------------------------------------------------------------------- */
+
+typedef enum lim_idem_state_e {
+    LIM_IDEM_NEW = 0, /* this request owns the key: go on */
+    LIM_IDEM_REUSED,  /* the key was used for a different request: 422 */
+    LIM_IDEM_REPLAY,  /* the stored response: status and body */
+    LIM_IDEM_IN_USE,  /* the first request is still running: 409 */
+    LIM_IDEM_LOAD,    /* answer from load_id as it is now */
+} lim_idem_state_t;
+
+typedef struct lim_idem_s {
+    lim_idem_state_t state;
+    int response_status;       /* REPLAY */
+    const char *response_body; /* REPLAY */
+    int64_t load_id;           /* LOAD (and REPLAY/IN_USE when known) */
+} lim_idem_t;
+
+typedef void (*lim_store_idem_cb)(int status, const lim_idem_t *idem, void *arg);
+
+/** Claim `key` for the request with this fingerprint (SHA-256 of the canonical request). A
+ *  running claim older than stale_ms is taken over. */
+LIM_MUSTCHECK int lim_store_idem_begin(lim_store_t *store, int64_t user_id, const char *key,
+                                       const uint8_t fingerprint[32], uint64_t stale_ms,
+                                       lim_store_idem_cb cb, void *arg);
+
+/**
+ * Record the final response for a key (response_status > 0), or, with response_status 0,
+ * release the claim but keep it linked to its load (the answer was 202: a replay answers from
+ * the load), or, with response_status < 0, forget the key (nothing was done: a retry may
+ * start afresh).
+ */
+LIM_MUSTCHECK int lim_store_idem_finish(lim_store_t *store, int64_t user_id, const char *key,
+                                        int response_status, const char *response_body,
+                                        lim_store_done_cb cb, void *arg);
+
+/** Delete keys older than max_age_ms. */
+LIM_MUSTCHECK int lim_store_idem_prune(lim_store_t *store, uint64_t max_age_ms,
+                                       lim_store_done_cb cb, void *arg);
 
 /* ---- blocking, for CLI commands -------------------------------------------------------- */
 
