@@ -18,9 +18,12 @@ cd "$ROOT"
 
 LISTEN_HOST=127.0.0.1
 LISTEN_PORT=5000
+FAKE_BT_PORT=50999
 BIN=$ROOT/build/limits
+FAKE_BIN=$ROOT/build/limits-fake-braintree
 
 server_pid=""
+fake_pid=""
 stack_started=0
 interrupted=0
 
@@ -48,6 +51,10 @@ cleanup() {
     local rc=$?
     trap '' INT TERM HUP # a second Ctrl-C must not leave the stack running
     stop_server
+    if [ -n "$fake_pid" ]; then
+        kill -TERM "$fake_pid" 2>/dev/null || true
+        wait "$fake_pid" 2>/dev/null || true
+    fi
     if [ "$stack_started" -eq 1 ]; then
         bash "$ROOT/scripts/stack.sh" stop dev || warn "could not stop the dev stack; see scripts/stack.sh status dev"
     fi
@@ -85,10 +92,14 @@ say "building into build/"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
 cmake --build build -j "$(nproc)"
 [ -x "$BIN" ] || die "build finished but $BIN is missing"
+[ -x "$FAKE_BIN" ] || die "build finished but $FAKE_BIN is missing"
 
 if port_in_use "$LISTEN_PORT"; then
     who=$(ss -Hltnp "sport = :$LISTEN_PORT" 2>/dev/null | sed -n 's/.*users:((\(.*\)))$/\1/p' | head -n 1)
     die "port $LISTEN_PORT is already in use${who:+ by $who}; stop that first (is another scripts/run.sh running?)"
+fi
+if port_in_use "$FAKE_BT_PORT"; then
+    die "port $FAKE_BT_PORT (the fake Braintree gateway) is already in use; stop that first"
 fi
 
 if bash "$ROOT/scripts/stack.sh" status dev >/dev/null 2>&1; then
@@ -100,11 +111,32 @@ fi
 eval "$(bash "$ROOT/scripts/stack.sh" env dev)"
 export LISTEN=$LISTEN_HOST:$LISTEN_PORT
 
-# ---- later issues plug in here, before the server starts -------------------------------
-#   "$BIN" initdb       (schema migrations)
-#   "$BIN" fake-data    (demo users and cards)
-#   the fake Braintree gateway (started in the background and stopped in cleanup)
-# -----------------------------------------------------------------------------------------
+# The fake Braintree gateway on loopback, with the merchant and keys the server is given.
+: "${BRAINTREE_MERCHANT_ID:=fake_merchant}"
+: "${BRAINTREE_PUBLIC_KEY:=fake_public}"
+: "${BRAINTREE_PRIVATE_KEY:=fake_private}"
+: "${BRAINTREE_ENVIRONMENT:=http://127.0.0.1:$FAKE_BT_PORT}"
+export BRAINTREE_MERCHANT_ID BRAINTREE_PUBLIC_KEY BRAINTREE_PRIVATE_KEY BRAINTREE_ENVIRONMENT
+"$FAKE_BIN" --listen "127.0.0.1:$FAKE_BT_PORT" </dev/null &
+fake_pid=$!
+
+# The schema (idempotent), then the original's fake data: user guest, card Card-1 and an API
+# key, printed once on the first run (kept in .local/dev/guest-key for the next runs).
+"$BIN" initdb
+mkdir -p "$ROOT/.local/dev"
+keyfile=$ROOT/.local/dev/guest-key
+out=$("$BIN" fake-data)
+printf '%s\n' "$out"
+key=$(printf '%s\n' "$out" | grep -o 'lim_[A-Za-z0-9_-]\{43\}' | head -n 1 || true)
+if [ -n "$key" ]; then
+    (umask 077 && printf '%s\n' "$key" >"$keyfile")
+elif [ -s "$keyfile" ]; then
+    key=$(cat "$keyfile")
+fi
+if [ -n "$key" ]; then
+    say "try: curl -H 'Authorization: Bearer $key' -H 'Content-Type: application/json' \\"
+    say "       -d '{\"nonce\": \"fake-valid-visa-nonce\", \"amount\": \"10.00\"}' http://$LISTEN/cards/1/load/"
+fi
 
 say "serving http://$LISTEN/ (Ctrl-C stops the server and the local stack)"
 # set -m gives the server its own process group (pgid = its pid), with default SIGINT
