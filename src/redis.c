@@ -352,7 +352,14 @@ static void ctx_gone(lim_redis_t *r, redisAsyncContext *ac)
     r->why[0] = '\0';
     r->ctx_was_up = 0;
     timer_disarm(r);
-    uv_timer_stop(&r->cmd_timer); /* the FIFO is empty: every callback ran */
+    /* Every reply callback has run, so the FIFO is empty, unless hiredis 0.14 lost one (it
+     * ignores an allocation failure when it queues a callback): fail those, never hang them. */
+    while (r->head != NULL) {
+        rcmd_t *c = r->head;
+        fifo_unlink(r, c);
+        cmd_finish(r, c, r->closing ? UV_ECANCELED : UV_ECONNRESET, NULL);
+    }
+    uv_timer_stop(&r->cmd_timer);
     if (was_up)
         r->st.disconnects++;
     if (r->closing) {
@@ -514,7 +521,8 @@ static void on_cmd_timer(uv_timer_t *t)
     }
     /* Replies come in order: nothing behind the late one can be answered before it, and the
      * connection cannot be reused with it outstanding. */
-    conn_teardown(r, "command timeout");
+    conn_teardown(r, r->state == RS_CONNECTING ? "no answer before a command's deadline"
+                                               : "command timeout");
 }
 
 /* ---- replies -------------------------------------------------------------------------------- */
@@ -744,31 +752,34 @@ int lim_redis_new(uv_loop_t *loop, const lim_redis_opts_t *opts, lim_redis_t **o
     return 0;
 }
 
-/* Commands that break "one reply per command, in order" on a shared connection (pub/sub and
- * MONITOR push replies; CLIENT REPLY suppresses them; HELLO 3 switches to RESP3, which hiredis
- * 0.14 cannot read). hiredis 0.14 also strips a leading 'p' when it looks for these. */
-static int breaks_reply_order(int argc, const char *const *argv, const size_t *argvlen)
+static int name_is(const char *name, size_t n, const char *word)
 {
-    static const char *const deny[] = {"subscribe",    "ssubscribe", "unsubscribe",
-                                       "sunsubscribe", "monitor",    "hello"};
+    return n == strlen(word) && strncasecmp(name, word, n) == 0;
+}
+
+/* Commands that would break the driver's invariants on its shared connection: one reply per
+ * command, in order (pub/sub and MONITOR push replies; CLIENT REPLY suppresses them; HELLO 3
+ * switches to RESP3, which hiredis 0.14 cannot read), and the database of REDIS_URL (SELECT and
+ * RESET would change it until the next reconnect silently changed it back). hiredis 0.14 also
+ * strips a leading 'p' when it looks for the pub/sub ones, so "pmonitor" counts too. */
+static int breaks_invariants(int argc, const char *const *argv, const size_t *argvlen)
+{
+    static const char *const pushing[] = {"subscribe", "ssubscribe", "unsubscribe", "sunsubscribe",
+                                          "monitor"};
+    static const char *const state[] = {"select", "reset", "hello"};
     const char *name = argv[0];
     size_t n = argvlen != NULL ? argvlen[0] : strlen(argv[0]);
 
-    for (int pass = 0; pass < 2; pass++) {
-        for (size_t i = 0; i < LIM_ARRAY_SIZE(deny); i++)
-            if (n == strlen(deny[i]) && strncasecmp(name, deny[i], n) == 0)
-                return 1;
-        if (n == 0 || (name[0] != 'p' && name[0] != 'P'))
-            break;
-        name++;
-        n--;
-    }
-    n = argvlen != NULL ? argvlen[0] : strlen(argv[0]);
-    if (argc >= 2 && n == 6 && strncasecmp(argv[0], "client", 6) == 0) {
-        size_t n1 = argvlen != NULL ? argvlen[1] : strlen(argv[1]);
-        if (n1 == 5 && strncasecmp(argv[1], "reply", 5) == 0)
+    for (size_t i = 0; i < LIM_ARRAY_SIZE(pushing); i++)
+        if (name_is(name, n, pushing[i]) ||
+            (n > 0 && (name[0] == 'p' || name[0] == 'P') && name_is(name + 1, n - 1, pushing[i])))
             return 1;
-    }
+    for (size_t i = 0; i < LIM_ARRAY_SIZE(state); i++)
+        if (name_is(name, n, state[i]))
+            return 1;
+    if (argc >= 2 && name_is(name, n, "client") &&
+        name_is(argv[1], argvlen != NULL ? argvlen[1] : strlen(argv[1]), "reply"))
+        return 1;
     return 0;
 }
 
@@ -784,7 +795,7 @@ int lim_redis_command(lim_redis_t *r, int argc, const char *const *argv, const s
     for (int i = 0; i < argc; i++)
         if (argv[i] == NULL)
             return UV_EINVAL;
-    if (breaks_reply_order(argc, argv, argvlen))
+    if (breaks_invariants(argc, argv, argvlen))
         return UV_EINVAL;
     if (!accepting(r)) {
         r->st.rejected++;

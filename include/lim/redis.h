@@ -13,9 +13,19 @@
  *     down, which fails every in-flight command, and a reconnect is scheduled;
  *   - a dropped connection fails every in-flight command (never lost, never hung).
  * While not connected, commands fail at once with UV_ECONNREFUSED: callers decide what a
- * missing Redis means (the limits module falls back to PostgreSQL alone).
+ * missing Redis means (the limits module falls back to PostgreSQL alone). Only during the very
+ * first connection attempt are commands queued (bounded by their deadline), so a server that
+ * is just starting does not refuse its first requests. "Connected" means Redis has answered
+ * (a SELECT db or PING is sent first), so a peer that accepts but never answers is caught by
+ * the connect deadline.
  *
- * REDIS_URL is redis://HOST:PORT[/DB] with HOST an IP literal (hiredis resolves names with a
+ * Commands that would break "one reply per command, in order" or change the connection's
+ * state behind the driver's back are refused with UV_EINVAL: the (P)SUBSCRIBE family,
+ * MONITOR, CLIENT REPLY, HELLO, SELECT, RESET. A NOSCRIPT retry gets a fresh deadline, so an
+ * eval may take up to twice command_timeout_ms. hiredis 0.14 writes with write(2): the driver
+ * sets SIGPIPE to ignored if it is still at its default (a process-wide effect).
+ *
+ * REDIS_URL is redis://HOST[:PORT][/DB] (port 6379, db 0 by default) with HOST an IP literal (hiredis resolves names with a
  * blocking getaddrinfo, which must not run on the loop), or unix:///path/to/socket[?db=N].
  *
  * Async contract (c-style-anchors.md §C.3 rule 4): a non-zero return means the callback never
@@ -36,8 +46,8 @@ typedef struct lim_redis_s lim_redis_t;
 
 typedef struct lim_redis_opts_s {
     const char *url;             /* REDIS_URL; copied */
-    uint64_t connect_timeout_ms; /* default 2000 */
-    uint64_t command_timeout_ms; /* default 1000 */
+    uint64_t connect_timeout_ms; /* default (and when 0) 2000 */
+    uint64_t command_timeout_ms; /* default (and when 0) 1000 */
 } lim_redis_opts_t;
 
 /**

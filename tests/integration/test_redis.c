@@ -294,7 +294,10 @@ static void shared_init(void)
 
 static void shared_fini(void)
 {
-    shared_cleanup();
+    const char *url = getenv("LIM_TEST_REDIS_URL");
+
+    if (url != NULL && *url != '\0') /* else init already failed the test, saying why */
+        shared_cleanup();
 }
 
 static void own_fini(void)
@@ -486,6 +489,11 @@ static lim_redis_t *client(const char *url, uint64_t connect_ms, uint64_t comman
 static int is_up(void *arg)
 {
     return lim_redis_up(arg);
+}
+
+static int is_down(void *arg)
+{
+    return !lim_redis_up(arg);
 }
 
 static void wait_up(lim_redis_t *r, uint64_t ms)
@@ -743,6 +751,10 @@ Test(redis, bad_arguments_are_einval_without_a_callback)
     cr_assert_eq(submit(r, &c[3], "psubscribe", "ch*", NULL), UV_EINVAL);
     cr_assert_eq(submit(r, &c[4], "MONITOR", NULL), UV_EINVAL);
     cr_assert_eq(submit(r, &c[5], "CLIENT", "REPLY", "OFF", NULL), UV_EINVAL);
+    /* The database is REDIS_URL's: a SELECT would be undone by the next reconnect. */
+    cr_assert_eq(submit(r, &c[5], "select", "1", NULL), UV_EINVAL);
+    cr_assert_eq(submit(r, &c[5], "RESET", NULL), UV_EINVAL);
+    cr_assert_eq(submit(r, &c[5], "pmonitor", NULL), UV_EINVAL);
     cr_assert_eq(submit_eval(r, &c[6], &s, -1, NULL, 0, NULL), UV_EINVAL);
     cr_assert_eq(submit_eval(r, &c[7], &s, 1, NULL, 0, NULL), UV_EINVAL);
     cr_assert_eq(lim_redis_eval(r, NULL, 1, one_key, 0, NULL, on_cb, &c[7]), UV_EINVAL);
@@ -1033,6 +1045,37 @@ Test(redis_own, killed_server_fails_in_flight_commands_and_reconnects_after_rest
     cr_assert(g_log_lines <= 3, "%d redis log lines", g_log_lines);
     lim_log_set_fd(2);
     close(logfd);
+}
+
+Test(redis_own, idle_connection_closed_by_the_server_is_noticed_and_replaced)
+{
+    srv_t *s = srv_start();
+    lim_redis_t *r = client(srv_url(s, 0), 0, 0);
+    redisContext *sc;
+    redisReply *rep;
+    call_t ping = {0};
+    lim_redis_stats_t st;
+    uint64_t cpu0;
+
+    wait_up(r, WAIT_MS);
+    /* Idle and connected: only read interest, so the loop sleeps. */
+    cpu0 = cpu_ms();
+    uvtest_run_for(&g_loop, 500);
+    cr_assert(cpu_ms() - cpu0 < 50, "%" PRIu64 " ms of CPU in 500 ms while idle", cpu_ms() - cpu0);
+    sc = sync_srv(s, 0);
+    rep = redisCommand(sc, "CLIENT KILL TYPE normal SKIPME yes");
+    cr_assert(rep != NULL && rep->type == REDIS_REPLY_INTEGER && rep->integer == 1);
+    freeReplyObject(rep);
+    redisFree(sc);
+    cr_assert(uvtest_run_until(&g_loop, is_down, r, 1000), "the close went unnoticed");
+    wait_up(r, WAIT_MS);
+    cr_assert_eq(submit(r, &ping, "PING", NULL), 0);
+    wait_one(&ping, WAIT_MS);
+    assert_ok(&ping, REDIS_REPLY_STATUS);
+    lim_redis_stats(r, &st);
+    cr_assert_eq(st.disconnects, 1);
+    cr_assert_eq(st.reconnects, 1);
+    finish(r);
 }
 
 Test(redis_own, debug_sleep_past_the_deadline_times_out_and_recovers)
