@@ -5,8 +5,10 @@
  *
  * Formats (PRODUCT.md §2): JSON {"nonce": "...", "amount": "10.00"}, or
  * application/x-www-form-urlencoded nonce=...&amount=10.00 (as the original accepted). The
- * form is used when the Content-Type says so; anything else is read as JSON (the original
- * forced JSON whatever the Content-Type).
+ * form is used when the Content-Type says so, unless the body is a JSON object (it starts with
+ * '{', as `curl -d '{...}'` sends with curl's default form Content-Type: the original, finding
+ * no form fields, then parsed JSON); anything else is read as JSON (the original forced JSON
+ * whatever the Content-Type).
  *
  * JSON that does not parse gets the original's message shape, from Python's json module:
  *   "Failed to decode JSON object: Expecting ':' delimiter: line 1 column 11 (char 10)"

@@ -819,3 +819,32 @@ Test(loadreq, form_decode_refuses)
     /* A bad escape past the end of the room is still a bad escape (and not a crash). */
     cr_assert(eq(long, decode("123456789%zz", out, sizeof(out)), -1));
 }
+
+/* curl -d '{...}' without -H sends a JSON body with the form Content-Type: read as JSON, as
+ * the original did (its form read found no fields, then it forced JSON). */
+Test(loadreq, form_content_type_with_a_json_body_is_json)
+{
+    static const char body[] = "  {\"nonce\": \"fake-valid-visa-nonce\", \"amount\": \"10.00\"}";
+    static const char bad[] = "{\"amount\" \"10.00\"}";
+    lim_loadreq_t *out = malloc(sizeof(*out));
+
+    cr_assert_not_null(out);
+    cr_assert(eq(int, lim_loadreq_parse(FORM, sizeof(FORM) - 1, body, sizeof(body) - 1, out), 0));
+    cr_assert(eq(u32, out->n_errors, 0));
+    cr_assert(eq(i64, out->amount_minor, 1000));
+    cr_assert(eq(str, out->nonce, "fake-valid-visa-nonce"));
+
+    /* Broken JSON that way gets the JSON message, not "missing" fields. */
+    cr_assert(eq(int, lim_loadreq_parse(FORM, sizeof(FORM) - 1, bad, sizeof(bad) - 1, out), 0));
+    cr_assert(eq(u32, out->n_errors, 1));
+    cr_assert(eq(str, (char *) out->errors[0].code, "http-400"));
+    cr_assert(eq(str, out->errors[0].message,
+                 "Failed to decode JSON object: Expecting ':' delimiter: line 1 column 11 (char "
+                 "10)"));
+
+    /* A real form body is still a form. */
+    cr_assert(eq(int, lim_loadreq_parse(FORM, sizeof(FORM) - 1, "nonce=n&amount=2", 16, out), 0));
+    cr_assert(eq(u32, out->n_errors, 0));
+    cr_assert(eq(i64, out->amount_minor, 200));
+    free(out);
+}
