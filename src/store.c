@@ -57,6 +57,7 @@ enum {
     STMT_IDEM_RELEASE,
     STMT_IDEM_FORGET,
     STMT_IDEM_PRUNE,
+    STMT_LIMITS_SNAPSHOT,
 };
 
 /* The columns get_load() reads, in its order. */
@@ -174,6 +175,24 @@ static const lim_pg_stmt_t stmts[] = {
                          "DELETE FROM idempotency_keys"
                          " WHERE created_at < now() - $1::bigint * interval '1 millisecond'",
                          1},
+    /* The rebuild of a user's Redis counters (limits.h). One statement, so the cards and the
+     * loads come from one snapshot: a load that succeeds meanwhile is seen either in flight
+     * with the balance before it, or succeeded with the balance after it, never both or
+     * neither. The loads are those lim_load_begin counts: succeeded within 8760 hours (the
+     * longest window; the balance already holds older ones) and in flight whatever their age
+     * (the balance rule); the predicate implies loads_user_window_idx's. Card rows come with
+     * kind 'c' (id, balance), load rows with kind 'l'. */
+    [STMT_LIMITS_SNAPSHOT] =
+        {"limits_snapshot",
+         "SELECT 'c', c.id, c.balance_minor, NULL::text, NULL::text, NULL::bigint"
+         "  FROM cards c WHERE c.user_id = $1::bigint"
+         " UNION ALL"
+         " SELECT 'l', l.card_id, l.amount_minor, l.order_id, l.status,"
+         "        (extract(epoch FROM l.created_at) * 1000)::bigint"
+         "   FROM loads l"
+         "  WHERE l.user_id = $1::bigint AND l.status IN ('pending', 'succeeded', 'unknown')"
+         "    AND (l.status <> 'succeeded' OR l.created_at > now() - interval '8760 hours')",
+         1},
 };
 
 struct lim_store_s {
@@ -194,6 +213,7 @@ typedef struct req_s {
         lim_store_load_cb load;
         lim_store_loads_cb loads;
         lim_store_idem_cb idem;
+        lim_store_snapshot_cb snapshot;
     } cb;
     unsigned stmt; /* for the shared result handlers */
     void *arg;
@@ -812,6 +832,75 @@ int lim_store_idem_prune(lim_store_t *store, uint64_t max_age_ms, lim_store_done
         return UV_ENOMEM;
     snprintf(age, sizeof(age), "%" PRIu64, max_age_ms);
     return start(store, STMT_IDEM_PRUNE, params, 1, on_done, req);
+}
+
+static void on_limits_snapshot(const lim_pg_result_t *r, void *arg)
+{
+    req_t *req = arg;
+    lim_store_snapshot_cb cb = req->cb.snapshot;
+    void *cb_arg = req->arg;
+    int status = r->status;
+    lim_snapshot_card_t *cards = NULL;
+    lim_snapshot_load_t *loads = NULL;
+    lim_limits_snapshot_t snap = {0};
+    int rc = 0;
+
+    free(req);
+    if (query_failed(r, STMT_LIMITS_SNAPSHOT)) {
+        cb(status, NULL, cb_arg);
+        return;
+    }
+    int n = PQntuples(r->res);
+    if (n > 0 && PQnfields(r->res) < 6) {
+        cb(bad_result(STMT_LIMITS_SNAPSHOT, "not six columns"), NULL, cb_arg);
+        return;
+    }
+    /* Both arrays sized for every row: one pass, and n is small (a user's year of loads). */
+    if (n > 0) {
+        cards = calloc((size_t) n, sizeof(*cards));
+        loads = calloc((size_t) n, sizeof(*loads));
+        if (cards == NULL || loads == NULL)
+            rc = UV_ENOMEM;
+    }
+    for (int i = 0; i < n && rc == 0; i++) {
+        const char *kind = PQgetvalue(r->res, i, 0);
+        if (kind[0] == 'c') {
+            lim_snapshot_card_t *c = &cards[snap.n_cards++];
+            if (lim_pg_get_i64(r->res, i, 1, &c->id) != 0 ||
+                lim_pg_get_i64(r->res, i, 2, &c->balance_minor) != 0)
+                rc = bad_result(STMT_LIMITS_SNAPSHOT, "card id or balance is not a number");
+            continue;
+        }
+        lim_snapshot_load_t *l = &loads[snap.n_loads++];
+        if (lim_pg_get_i64(r->res, i, 1, &l->card_id) != 0 ||
+            lim_pg_get_i64(r->res, i, 2, &l->amount_minor) != 0 ||
+            lim_pg_get_i64(r->res, i, 5, &l->created_ms) != 0 || PQgetisnull(r->res, i, 3) ||
+            PQgetisnull(r->res, i, 4)) {
+            rc = bad_result(STMT_LIMITS_SNAPSHOT, "a load column is missing or not a number");
+            continue;
+        }
+        /* Pointers into the result: valid until the callback returns (store.h). */
+        l->order_id = PQgetvalue(r->res, i, 3);
+        l->status = PQgetvalue(r->res, i, 4);
+    }
+    snap.cards = cards;
+    snap.loads = loads;
+    cb(rc, rc == 0 ? &snap : NULL, cb_arg);
+    free(cards);
+    free(loads);
+}
+
+int lim_store_limits_snapshot(lim_store_t *store, int64_t user_id, lim_store_snapshot_cb cb,
+                              void *arg)
+{
+    char user[24];
+    const char *params[1] = {user};
+    req_t *req = req_new((void *) cb, arg, STMT_LIMITS_SNAPSHOT);
+
+    if (req == NULL)
+        return UV_ENOMEM;
+    snprintf(user, sizeof(user), "%" PRId64, user_id);
+    return start(store, STMT_LIMITS_SNAPSHOT, params, 1, on_limits_snapshot, req);
 }
 
 /* ---- blocking: connections and queries for CLI commands --------------------------------- */

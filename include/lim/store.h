@@ -170,6 +170,40 @@ LIM_MUSTCHECK int lim_store_reconcile_claim(lim_store_t *store, uint64_t grace_m
                                             uint64_t lease_ms, unsigned limit,
                                             lim_store_loads_cb cb, void *arg);
 
+/* ---- the limits snapshot (limits.h: rebuilding the Redis counters) ------------------------ */
+
+/* A load that counts towards a rule. The pointers are valid only during the callback. */
+typedef struct lim_snapshot_load_s {
+    const char *order_id; /* the Braintree order id (the reservation's key) */
+    const char *status;   /* pending | unknown | succeeded */
+    int64_t card_id;
+    lim_money_t amount_minor;
+    int64_t created_ms; /* Unix time in ms (database clock) */
+} lim_snapshot_load_t;
+
+typedef struct lim_snapshot_card_s {
+    int64_t id;
+    lim_money_t balance_minor;
+} lim_snapshot_card_t;
+
+/* Everything the four rules read for one user, from one database snapshot: the user's cards
+ * with their balances, and the loads that count: succeeded loads created within 8760 hours
+ * and in-flight (pending, unknown) loads of any age (an in-flight load counts towards its
+ * card's balance rule however old it is, as in lim_load_begin). */
+typedef struct lim_limits_snapshot_s {
+    const lim_snapshot_card_t *cards;
+    size_t n_cards;
+    const lim_snapshot_load_t *loads;
+    size_t n_loads;
+} lim_limits_snapshot_t;
+
+typedef void (*lim_store_snapshot_cb)(int status, const lim_limits_snapshot_t *snap, void *arg);
+
+/** The user's limits snapshot (above); snap is NULL when status != 0. A user without cards
+ *  (or no such user) gets an empty snapshot. */
+LIM_MUSTCHECK int lim_store_limits_snapshot(lim_store_t *store, int64_t user_id,
+                                            lim_store_snapshot_cb cb, void *arg);
+
 /* ---- Idempotency-Key ---------------------------------------------------------------------- */
 
 typedef enum lim_idem_state_e {

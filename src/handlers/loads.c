@@ -210,9 +210,10 @@ static void on_finished(int status, int changed, const lim_load_t *load, void *a
         return;
     }
     (void) changed; /* a reconciler that got there first settled it the same way */
-    if (c->reserved)
-        lim_limits_settle(app->limits, c->user_id, c->card_id, c->order_id, c->amount_minor,
-                          load->status);
+    /* Settled even when the reservation seemed not to happen: a reserve that timed out may
+     * still have run in Redis, and settling an unknown order id does nothing. */
+    lim_limits_settle(app->limits, c->user_id, c->card_id, c->order_id, c->amount_minor,
+                      load->status);
     if (strcmp(load->status, "succeeded") == 0) {
         finish(c, 200, envelope("ok", NULL, 0, load, load->balance_minor), 1);
         return;
@@ -310,11 +311,10 @@ static void limits_of(const lim_config_t *cfg, lim_limits_t *l)
 
 static void release_reservation(load_ctx_t *c)
 {
-    if (c->reserved) {
-        lim_limits_settle(c->app->limits, c->user_id, c->card_id, c->order_id, c->amount_minor,
-                          "declined");
-        c->reserved = 0;
-    }
+    /* Also without a known reservation: see on_finished. */
+    lim_limits_settle(c->app->limits, c->user_id, c->card_id, c->order_id, c->amount_minor,
+                      "declined");
+    c->reserved = 0;
 }
 
 static void on_begin(int status, const lim_load_begin_t *b, void *arg)
