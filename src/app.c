@@ -19,12 +19,14 @@
 #include "lim/limits.h"
 #include "lim/log.h"
 #include "lim/reconcile.h"
+#include "lim/redis.h"
 
 /* Every route of the API. */
 static const lim_route_t app_routes[] = {
     {LIM_METHOD_GET, "/", lim_handle_home, "home"},
     {LIM_METHOD_GET, "/index.html", lim_handle_home, "home"},
     {LIM_METHOD_GET, "/healthz", lim_handle_healthz, "healthz"},
+    {LIM_METHOD_GET, "/readyz", lim_handle_readyz, "readyz"},
     {LIM_METHOD_POST, "/tokens/", lim_handle_tokens, "tokens"},
     {LIM_METHOD_GET, "/cards/", lim_handle_cards_list, "cards_list"},
     {LIM_METHOD_GET, "/cards/{id}/", lim_handle_card_get, "card_get"},
@@ -59,6 +61,24 @@ static int services_braintree(lim_app_t *app, const lim_config_t *cfg)
                       uv_strerror(rc));
     else
         lim_log_info("braintree gateway %s", lim_bt_base_url(app->bt));
+    return rc;
+}
+
+/* Redis is optional: without REDIS_URL (or while it is down) the ledger alone decides. */
+static int services_redis(lim_app_t *app, const lim_config_t *cfg)
+{
+    lim_redis_opts_t o;
+    int rc;
+
+    if (cfg->redis_url == NULL || cfg->redis_url[0] == '\0') {
+        lim_log_warn("REDIS_URL is not set: compliance limits are checked in PostgreSQL only");
+        return 0;
+    }
+    lim_redis_opts_defaults(&o);
+    o.url = cfg->redis_url;
+    rc = lim_redis_new(app->loop, &o, &app->redis);
+    if (rc != 0)
+        lim_log_error("cannot use REDIS_URL: %s", uv_strerror(rc));
     return rc;
 }
 
@@ -98,7 +118,9 @@ static int services_start(lim_app_t *app, uv_loop_t *loop, const lim_config_t *c
     }
     rc = lim_auth_new(app->store, cfg->auth_cache_ttl_ms, loop, &app->auth);
     if (rc == 0)
-        rc = lim_limits_new(NULL, app->store, &app->limits);
+        rc = services_redis(app, cfg);
+    if (rc == 0)
+        rc = lim_limits_new(app->redis, app->store, &app->limits);
     if (rc == 0)
         rc = lim_curl_new(loop, &app->curl);
     if (rc == 0)
@@ -115,6 +137,9 @@ static int services_start(lim_app_t *app, uv_loop_t *loop, const lim_config_t *c
         if (app->curl != NULL)
             lim_curl_close(app->curl, NULL, NULL);
         app->curl = NULL;
+        if (app->redis != NULL)
+            lim_redis_close(app->redis, NULL, NULL);
+        app->redis = NULL;
         lim_store_close(app->store, NULL, NULL);
         app->store = NULL;
     }
@@ -133,16 +158,30 @@ static void on_services_store_closed(void *arg)
         cb(app);
 }
 
-static void on_services_curl_closed(void *arg)
+static void on_services_redis_closed(void *arg)
 {
     services_close_store(arg);
+}
+
+static void on_services_curl_closed(void *arg)
+{
+    lim_app_t *app = arg;
+
+    app->curl = NULL;
+    /* The limiter is done with Redis once no request or reconciliation is left. */
+    if (app->redis != NULL) {
+        lim_redis_t *r = app->redis;
+        app->redis = NULL;
+        lim_redis_close(r, on_services_redis_closed, app);
+        return;
+    }
+    services_close_store(app);
 }
 
 static void services_close_store(void *arg)
 {
     lim_app_t *app = arg;
 
-    app->curl = NULL;
     lim_auth_free(app->auth);
     lim_limits_free(app->limits);
     app->auth = NULL;

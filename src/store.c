@@ -58,12 +58,13 @@ enum {
     STMT_IDEM_FORGET,
     STMT_IDEM_PRUNE,
     STMT_LIMITS_SNAPSHOT,
+    STMT_SCHEMA_VERSION,
 };
 
 /* The columns get_load() reads, in its order. */
 #define LOAD_COLS                                                                                  \
     "l.id, l.card_id, l.user_id, l.amount_minor, l.status, l.order_id,"                            \
-    " COALESCE(l.braintree_transaction_id, ''), COALESCE(l.error_code, ''),"                        \
+    " COALESCE(l.braintree_transaction_id, ''), COALESCE(l.error_code, ''),"                       \
     " COALESCE(l.error_text, ''), (extract(epoch FROM l.created_at) * 1000)::bigint"
 
 /* Every statement names its owner in the WHERE clause (store.h: ownership inside the SQL). */
@@ -193,6 +194,8 @@ static const lim_pg_stmt_t stmts[] = {
          "  WHERE l.user_id = $1::bigint AND l.status IN ('pending', 'succeeded', 'unknown')"
          "    AND (l.status <> 'succeeded' OR l.created_at > now() - interval '8760 hours')",
          1},
+    [STMT_SCHEMA_VERSION] = {"schema_version",
+                             "SELECT COALESCE(max(version), 0) FROM schema_migrations", 0},
 };
 
 struct lim_store_s {
@@ -213,6 +216,7 @@ typedef struct req_s {
         lim_store_load_cb load;
         lim_store_loads_cb loads;
         lim_store_idem_cb idem;
+        lim_store_version_cb version;
         lim_store_snapshot_cb snapshot;
     } cb;
     unsigned stmt; /* for the shared result handlers */
@@ -803,9 +807,8 @@ static void on_done(const lim_pg_result_t *r, void *arg)
     cb(status, cb_arg);
 }
 
-int lim_store_idem_finish(lim_store_t *store, int64_t user_id, const char *key,
-                          int response_status, const char *response_body, lim_store_done_cb cb,
-                          void *arg)
+int lim_store_idem_finish(lim_store_t *store, int64_t user_id, const char *key, int response_status,
+                          const char *response_body, lim_store_done_cb cb, void *arg)
 {
     char user[24], st[16];
     const char *params[4] = {user, key, st, response_body};
@@ -821,8 +824,7 @@ int lim_store_idem_finish(lim_store_t *store, int64_t user_id, const char *key,
     return start(store, stmt, params, stmt == STMT_IDEM_DONE ? 4 : 2, on_done, req);
 }
 
-int lim_store_idem_prune(lim_store_t *store, uint64_t max_age_ms, lim_store_done_cb cb,
-                         void *arg)
+int lim_store_idem_prune(lim_store_t *store, uint64_t max_age_ms, lim_store_done_cb cb, void *arg)
 {
     char age[24];
     const char *params[1] = {age};
@@ -901,6 +903,35 @@ int lim_store_limits_snapshot(lim_store_t *store, int64_t user_id, lim_store_sna
         return UV_ENOMEM;
     snprintf(user, sizeof(user), "%" PRId64, user_id);
     return start(store, STMT_LIMITS_SNAPSHOT, params, 1, on_limits_snapshot, req);
+}
+
+static void on_schema_version(const lim_pg_result_t *r, void *arg)
+{
+    req_t *req = arg;
+    lim_store_version_cb cb = req->cb.version;
+    void *cb_arg = req->arg;
+    int status = r->status;
+    int64_t v = 0;
+
+    free(req);
+    if (query_failed(r, STMT_SCHEMA_VERSION)) {
+        cb(status, 0, cb_arg);
+        return;
+    }
+    if (PQntuples(r->res) != 1 || lim_pg_get_i64(r->res, 0, 0, &v) != 0) {
+        cb(bad_result(STMT_SCHEMA_VERSION, "not a number"), 0, cb_arg);
+        return;
+    }
+    cb(0, (int) v, cb_arg);
+}
+
+int lim_store_schema_version(lim_store_t *store, lim_store_version_cb cb, void *arg)
+{
+    req_t *req = req_new((void *) cb, arg, STMT_SCHEMA_VERSION);
+
+    if (req == NULL)
+        return UV_ENOMEM;
+    return start(store, STMT_SCHEMA_VERSION, NULL, 0, on_schema_version, req);
 }
 
 /* ---- blocking: connections and queries for CLI commands --------------------------------- */

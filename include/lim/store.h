@@ -100,7 +100,7 @@ typedef struct lim_load_s {
     char transaction_id[64]; /* "" until known */
     char error_code[48];     /* declined/failed: the first error */
     char error_text[256];
-    int64_t created_ms;      /* Unix time in ms (database clock) */
+    int64_t created_ms;        /* Unix time in ms (database clock) */
     lim_money_t balance_minor; /* lim_store_load_finish: the card's balance afterwards */
 } lim_load_t;
 
@@ -242,6 +242,10 @@ LIM_MUSTCHECK int lim_store_idem_finish(lim_store_t *store, int64_t user_id, con
 /** Delete keys older than max_age_ms. */
 LIM_MUSTCHECK int lim_store_idem_prune(lim_store_t *store, uint64_t max_age_ms,
                                        lim_store_done_cb cb, void *arg);
+
+/** The schema version the database has (for readiness); 0 when none. */
+typedef void (*lim_store_version_cb)(int status, int version, void *arg);
+LIM_MUSTCHECK int lim_store_schema_version(lim_store_t *store, lim_store_version_cb cb, void *arg);
 
 /* ---- blocking, for CLI commands -------------------------------------------------------- */
 

@@ -290,3 +290,24 @@ Test(api_cards, database_down_is_503_with_retry_after, .init = init, .fini = fin
     cr_assert_eq(uv_loop_close(&l2), 0);
     lim_config_free(&c2);
 }
+
+Test(api_cards, readyz_reports_each_dependency, .init = init, .fini = fini)
+{
+    /* PostgreSQL is up with the current schema; this app's Redis (the default URL, the dev
+     * stack's port) is not running in the test stack: ready to serve, but degraded. */
+    char *r = request("GET", "/readyz", NULL);
+    cr_assert_eq(status_of(r), 200, "%s", r);
+    cr_assert_not_null(strstr(body_of(r), "\"postgres\": \"ok\""), "%s", body_of(r));
+    cr_assert(strstr(body_of(r), "\"status\": \"degraded\"") != NULL ||
+                  strstr(body_of(r), "\"status\": \"ready\"") != NULL,
+              "%s", body_of(r));
+    free(r);
+
+    /* An old schema is not ready. */
+    PQclear(testdb_exec(db, "DELETE FROM schema_migrations WHERE version = 2"));
+    r = request("GET", "/readyz", NULL);
+    cr_assert_eq(status_of(r), 503, "%s", r);
+    cr_assert_not_null(strstr(body_of(r), "schema version 1, expected 2"), "%s", body_of(r));
+    cr_assert_not_null(strstr(r, "\r\nRetry-After: 1\r\n"));
+    free(r);
+}
