@@ -40,10 +40,10 @@ typedef struct load_ctx_s {
     int64_t card_id;
     lim_money_t amount_minor;
     char nonce[LIM_LOADREQ_NONCE_MAX + 1];
-    char idem_key[256];         /* "" without Idempotency-Key */
+    char idem_key[256]; /* "" without Idempotency-Key */
     char order_id[40];
-    int reserved;               /* a Redis reservation is held */
-    lim_load_begin_t begin;     /* what phase 1 saw */
+    int reserved;           /* a Redis reservation is held */
+    lim_load_begin_t begin; /* what phase 1 saw */
     lim_bt_error_t errors[LIM_BT_MAX_ERRORS];
     unsigned n_errors;
     char txn_id[64];
@@ -146,45 +146,91 @@ static char *response_for_load(const lim_load_t *l, lim_money_t balance_minor, i
 
 /* ---- ending a request ---------------------------------------------------------------------- */
 
-static void on_idem_saved(int status, void *arg)
-{
-    (void) status; /* logged by the store; a lost record only costs a 409 until stale */
-    (void) arg;
-}
+/* An answer waiting for its Idempotency-Key record: a retry that arrives right after the
+ * answer must find the key settled (replayed), not still running (409), so the record is
+ * written first and the answer sent from its callback. */
+typedef enum answer_kind_e {
+    ANSWER_BODY,        /* status and body */
+    ANSWER_UNAVAILABLE, /* 503 with message */
+    ANSWER_NOT_FOUND,   /* 404 */
+} answer_kind_t;
 
-/* Answer with `body` (malloc'd, freed here), recording it for the Idempotency-Key:
- * idem > 0 stores it as final, 0 releases the key (it stays linked to its load), < 0 forgets
- * the key (nothing was done). */
-static void finish(load_ctx_t *c, int status, char *body, int idem)
-{
-    lim_req_t *req = c->req;
+typedef struct answer_s {
+    lim_req_t *req;
+    answer_kind_t kind;
+    int status;
+    char *body;          /* ANSWER_BODY: malloc'd JSON, NULL when out of memory */
+    const char *message; /* ANSWER_UNAVAILABLE (static) */
+} answer_t;
 
-    if (c->idem_key[0] != '\0') {
-        int rc = lim_store_idem_finish(c->app->store, c->user_id, c->idem_key,
-                                       idem > 0 ? status : idem, body != NULL ? body : "",
-                                       on_idem_saved, NULL);
-        if (rc != 0)
-            lim_log_warn("cannot record the idempotency key: %s", uv_strerror(rc));
-    }
-    free(c);
-    if (body == NULL) {
-        lim_respond_unavailable(req, "The server is out of memory; try again shortly.");
+static void answer_send(lim_req_t *req, answer_kind_t kind, int status, char *body,
+                        const char *message)
+{
+    switch (kind) {
+    case ANSWER_BODY:
+        if (body == NULL) {
+            lim_respond_unavailable(req, "The server is out of memory; try again shortly.");
+            return;
+        }
+        lim_req_respond(req, status, "application/json", body, strlen(body), LIM_BODY_COPY);
+        free(body);
+        return;
+    case ANSWER_UNAVAILABLE:
+        lim_respond_unavailable(req, message);
+        return;
+    case ANSWER_NOT_FOUND:
+        lim_respond_not_found(req);
         return;
     }
-    lim_req_respond(req, status, "application/json", body, strlen(body), LIM_BODY_COPY);
-    free(body);
+}
+
+static void on_idem_saved(int status, void *arg)
+{
+    answer_t *a = arg;
+
+    /* A lost record only costs the client a 409 until the claim goes stale; the answer
+     * itself stands. The store logged the failure. */
+    (void) status;
+    answer_send(a->req, a->kind, a->status, a->body, a->message);
+    free(a);
+}
+
+/* Answer, first recording it for the Idempotency-Key: idem > 0 stores the answer as final,
+ * 0 releases the key (it stays linked to its load), < 0 forgets the key (nothing was done: a
+ * retry starts afresh). Frees c; `body` (malloc'd) is owned from here on. */
+static void answer(load_ctx_t *c, int idem, answer_kind_t kind, int status, char *body,
+                   const char *message)
+{
+    lim_req_t *req = c->req;
+    answer_t *a;
+
+    if (c->idem_key[0] != '\0' && (kind != ANSWER_BODY || body != NULL) &&
+        (a = malloc(sizeof(*a))) != NULL) {
+        a->req = req;
+        a->kind = kind;
+        a->status = status;
+        a->body = body;
+        a->message = message;
+        if (lim_store_idem_finish(c->app->store, c->user_id, c->idem_key, idem > 0 ? status : idem,
+                                  body != NULL ? body : "", on_idem_saved, a) == 0) {
+            free(c);
+            return;
+        }
+        free(a);
+        lim_log_warn("cannot record the idempotency key");
+    }
+    free(c);
+    answer_send(req, kind, status, body, message);
+}
+
+static void finish(load_ctx_t *c, int status, char *body, int idem)
+{
+    answer(c, idem, ANSWER_BODY, status, body, NULL);
 }
 
 static void finish_unavailable(load_ctx_t *c, const char *message)
 {
-    lim_req_t *req = c->req;
-
-    if (c->idem_key[0] != '\0' &&
-        lim_store_idem_finish(c->app->store, c->user_id, c->idem_key, -1, NULL, on_idem_saved,
-                              NULL) != 0)
-        lim_log_warn("cannot release the idempotency key");
-    free(c);
-    lim_respond_unavailable(req, message);
+    answer(c, -1, ANSWER_UNAVAILABLE, 503, NULL, message);
 }
 
 /* ---- 5: the outcome ------------------------------------------------------------------------ */
@@ -332,14 +378,8 @@ static void on_begin(int status, const lim_load_begin_t *b, void *arg)
     }
     c->begin = *b;
     if (b->outcome == LIM_LOAD_BEGIN_NOT_FOUND) {
-        lim_req_t *req = c->req;
         release_reservation(c);
-        if (c->idem_key[0] != '\0' &&
-            lim_store_idem_finish(app->store, c->user_id, c->idem_key, -1, NULL, on_idem_saved,
-                                  NULL) != 0)
-            lim_log_warn("cannot release the idempotency key");
-        free(c);
-        lim_respond_not_found(req);
+        answer(c, -1, ANSWER_NOT_FOUND, 404, NULL, NULL);
         return;
     }
     if (b->outcome == LIM_LOAD_BEGIN_LIMIT) {
@@ -360,8 +400,8 @@ static void on_begin(int status, const lim_load_begin_t *b, void *arg)
         record(c, "failed", NULL, "gateway-unavailable", "Braintree is not configured");
         return;
     }
-    rc = lim_bt_sale(app->bt, c->order_id, b->customer_created ? b->customer_id : NULL,
-                     c->nonce, c->amount_minor, on_sale, c);
+    rc = lim_bt_sale(app->bt, c->order_id, b->customer_created ? b->customer_id : NULL, c->nonce,
+                     c->amount_minor, on_sale, c);
     if (rc != 0) {
         lim_bt_result_t r;
         memset(&r, 0, sizeof(r));
@@ -425,8 +465,8 @@ static void decide(load_ctx_t *c)
     lim_limits_t lim;
 
     limits_of(c->app->cfg, &lim);
-    lim_limits_reserve(c->app->limits, c->user_id, c->card_id, c->order_id, c->amount_minor,
-                       &lim, on_reserved, c);
+    lim_limits_reserve(c->app->limits, c->user_id, c->card_id, c->order_id, c->amount_minor, &lim,
+                       on_reserved, c);
 }
 
 /* ---- 2: the Idempotency-Key ------------------------------------------------------------------ */
@@ -492,8 +532,7 @@ static void on_idem(int status, const lim_idem_t *idem, void *arg)
                         strlen(idem->response_body), LIM_BODY_COPY);
         return;
     case LIM_IDEM_LOAD:
-        if (lim_store_load_by_id(c->app->store, c->user_id, idem->load_id, on_replay_load, c) !=
-            0)
+        if (lim_store_load_by_id(c->app->store, c->user_id, idem->load_id, on_replay_load, c) != 0)
             on_replay_load(UV_ENOMEM, NULL, 0, c);
         return;
     }
@@ -514,14 +553,15 @@ static int idem_key_ok(const char *v, size_t n)
 static void fingerprint(const load_ctx_t *c, uint8_t out[32])
 {
     char buf[128 + LIM_LOADREQ_NONCE_MAX];
-    int n = snprintf(buf, sizeof(buf), "POST /cards/%" PRId64 "/load/\n%" PRId64 "\n%s",
-                     c->card_id, c->amount_minor, c->nonce);
+    int n = snprintf(buf, sizeof(buf), "POST /cards/%" PRId64 "/load/\n%" PRId64 "\n%s", c->card_id,
+                     c->amount_minor, c->nonce);
 
     SHA256((const unsigned char *) buf, (size_t) n < sizeof(buf) ? (size_t) n : sizeof(buf) - 1,
            out);
 }
 
-/* ---- 1: authenticated and parsed -------------------------------------------------------------- */
+/* ---- 1: authenticated and parsed --------------------------------------------------------------
+ */
 
 static void load_authed(lim_req_t *req, int64_t user_id)
 {
@@ -535,8 +575,8 @@ static void load_authed(lim_req_t *req, int64_t user_id)
 
     body = malloc(sizeof(*body));
     c = calloc(1, sizeof(*c));
-    if (body == NULL || c == NULL || lim_loadreq_parse(ct, ct_len, req->body, req->body_len,
-                                                       body) != 0) {
+    if (body == NULL || c == NULL ||
+        lim_loadreq_parse(ct, ct_len, req->body, req->body_len, body) != 0) {
         free(body);
         free(c);
         lim_respond_unavailable(req, "The server is out of memory; try again shortly.");
