@@ -25,6 +25,7 @@ typedef struct lim_curl_s lim_curl_t;
 typedef struct lim_bt_s lim_bt_t;
 typedef struct lim_limiter_s lim_limiter_t;
 typedef struct lim_reconciler_s lim_reconciler_t;
+typedef struct lim_redis_s lim_redis_t;
 
 typedef struct lim_home_s {
     char *html; /* the rendered page */
@@ -37,11 +38,12 @@ typedef struct lim_app_s {
     const lim_config_t *cfg; /* borrowed */
     lim_router_t *router;
     lim_server_t *server;
-    lim_store_t *store; /* PostgreSQL: ledger, balances, keys */
-    lim_auth_t *auth;   /* API-key checks with their cache */
-    lim_curl_t *curl;   /* outgoing HTTP on the loop */
-    lim_bt_t *bt;       /* Braintree; NULL when BRAINTREE_MERCHANT_ID is not set */
-    lim_limiter_t *limits; /* the Redis fast path of the compliance limits */
+    lim_store_t *store;           /* PostgreSQL: ledger, balances, keys */
+    lim_auth_t *auth;             /* API-key checks with their cache */
+    lim_curl_t *curl;             /* outgoing HTTP on the loop */
+    lim_bt_t *bt;                 /* Braintree; NULL when BRAINTREE_MERCHANT_ID is not set */
+    lim_redis_t *redis;           /* Redis; NULL without REDIS_URL */
+    lim_limiter_t *limits;        /* the Redis fast path of the compliance limits */
     lim_reconciler_t *reconciler; /* settles loads whose outcome is unknown */
     void (*services_closed)(struct lim_app_s *app); /* the end of an ordered close */
     uv_signal_t sig_int, sig_term;
