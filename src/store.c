@@ -325,6 +325,35 @@ static int get_card(const PGresult *res, int row, unsigned stmt, lim_card_t *car
     return 0;
 }
 
+static req_t *req_new(void *cb, void *arg, unsigned stmt)
+{
+    req_t *req = malloc(sizeof(*req));
+
+    if (req != NULL) {
+        /* Every member of the union is a function pointer of the same size. */
+        memcpy(&req->cb, &cb, sizeof(cb));
+        req->arg = arg;
+        req->stmt = stmt;
+    }
+    return req;
+}
+
+static void on_done(const lim_pg_result_t *r, void *arg);
+
+/* The statements whose one parameter is a user id. */
+static int start_user(lim_store_t *store, unsigned stmt, int64_t user_id, lim_pg_cb on_result,
+                      void *cb, void *arg)
+{
+    char user[24];
+    const char *params[1] = {user};
+    req_t *req = req_new(cb, arg, stmt);
+
+    if (req == NULL)
+        return UV_ENOMEM;
+    snprintf(user, sizeof(user), "%" PRId64, user_id);
+    return start(store, stmt, params, 1, on_result, req);
+}
+
 static void on_user_by_key(const lim_pg_result_t *r, void *arg)
 {
     req_t *req = arg;
@@ -398,16 +427,7 @@ static void on_cards_list(const lim_pg_result_t *r, void *arg)
 
 int lim_store_cards_list(lim_store_t *store, int64_t user_id, lim_store_cards_cb cb, void *arg)
 {
-    char user[24];
-    const char *params[1] = {user};
-    req_t *req = malloc(sizeof(*req));
-
-    if (req == NULL)
-        return UV_ENOMEM;
-    snprintf(user, sizeof(user), "%" PRId64, user_id);
-    req->cb.cards = cb;
-    req->arg = arg;
-    return start(store, STMT_CARDS_LIST, params, 1, on_cards_list, req);
+    return start_user(store, STMT_CARDS_LIST, user_id, on_cards_list, (void *) cb, arg);
 }
 
 static void on_card_get(const lim_pg_result_t *r, void *arg)
@@ -479,58 +499,15 @@ static void on_customer_get(const lim_pg_result_t *r, void *arg)
 
 int lim_store_customer_get(lim_store_t *store, int64_t user_id, lim_store_customer_cb cb, void *arg)
 {
-    char id[24];
-    const char *params[1] = {id};
-    req_t *req = malloc(sizeof(*req));
-
-    if (req == NULL)
-        return UV_ENOMEM;
-    snprintf(id, sizeof(id), "%" PRId64, user_id);
-    req->cb.customer = cb;
-    req->arg = arg;
-    return start(store, STMT_CUSTOMER_GET, params, 1, on_customer_get, req);
-}
-
-static void on_customer_created(const lim_pg_result_t *r, void *arg)
-{
-    req_t *req = arg;
-    lim_store_done_cb cb = req->cb.done;
-    void *cb_arg = req->arg;
-    int status = r->status;
-
-    free(req);
-    (void) query_failed(r, STMT_CUSTOMER_CREATED);
-    cb(status, cb_arg);
+    return start_user(store, STMT_CUSTOMER_GET, user_id, on_customer_get, (void *) cb, arg);
 }
 
 int lim_store_customer_created(lim_store_t *store, int64_t user_id, lim_store_done_cb cb, void *arg)
 {
-    char id[24];
-    const char *params[1] = {id};
-    req_t *req = malloc(sizeof(*req));
-
-    if (req == NULL)
-        return UV_ENOMEM;
-    snprintf(id, sizeof(id), "%" PRId64, user_id);
-    req->cb.done = cb;
-    req->arg = arg;
-    return start(store, STMT_CUSTOMER_CREATED, params, 1, on_customer_created, req);
+    return start_user(store, STMT_CUSTOMER_CREATED, user_id, on_done, (void *) cb, arg);
 }
 
 /* ---- the load flow ----------------------------------------------------------------------- */
-
-static req_t *req_new(void *cb, void *arg, unsigned stmt)
-{
-    req_t *req = malloc(sizeof(*req));
-
-    if (req != NULL) {
-        /* Every member of the union is a function pointer of the same size. */
-        memcpy(&req->cb, &cb, sizeof(cb));
-        req->arg = arg;
-        req->stmt = stmt;
-    }
-    return req;
-}
 
 static void copy_text(char *dst, size_t size, const PGresult *res, int row, int col)
 {
@@ -895,14 +872,7 @@ static void on_limits_snapshot(const lim_pg_result_t *r, void *arg)
 int lim_store_limits_snapshot(lim_store_t *store, int64_t user_id, lim_store_snapshot_cb cb,
                               void *arg)
 {
-    char user[24];
-    const char *params[1] = {user};
-    req_t *req = req_new((void *) cb, arg, STMT_LIMITS_SNAPSHOT);
-
-    if (req == NULL)
-        return UV_ENOMEM;
-    snprintf(user, sizeof(user), "%" PRId64, user_id);
-    return start(store, STMT_LIMITS_SNAPSHOT, params, 1, on_limits_snapshot, req);
+    return start_user(store, STMT_LIMITS_SNAPSHOT, user_id, on_limits_snapshot, (void *) cb, arg);
 }
 
 static void on_schema_version(const lim_pg_result_t *r, void *arg)
