@@ -15,6 +15,8 @@ die() {
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$ROOT"
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 LISTEN_HOST=127.0.0.1
 LISTEN_PORT=5000
@@ -147,20 +149,7 @@ server_pid=$!
 set +m
 
 status=0
-while :; do
-    interrupted=0
-    if wait "$server_pid"; then status=0; else status=$?; fi
-    # wait returns early when a trapped signal arrives; the server may still be running.
-    if [ "$interrupted" -eq 1 ] && kill -0 "$server_pid" 2>/dev/null; then continue; fi
-    if [ "$interrupted" -eq 1 ]; then
-        # It exited in the meantime: collect its real status (127: already collected).
-        if wait "$server_pid" 2>/dev/null; then status=0; else
-            st=$?
-            if [ "$st" -ne 127 ]; then status=$st; fi
-        fi
-    fi
-    break
-done
+wait_child "$server_pid" || status=$?
 server_pid=""
 say "server exited with status $status"
 exit "$status"

@@ -40,6 +40,8 @@ done
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$ROOT"
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 ctest_pid=""
 stack_started=0
@@ -111,20 +113,7 @@ ctest_pid=$!
 set +m
 
 status=0
-while :; do
-    interrupted=0
-    if wait "$ctest_pid"; then status=0; else status=$?; fi
-    # wait returns early when a trapped signal arrives; ctest may still be running.
-    if [ "$interrupted" -eq 1 ] && kill -0 "$ctest_pid" 2>/dev/null; then continue; fi
-    if [ "$interrupted" -eq 1 ]; then
-        # It exited in the meantime: collect its real status (127: already collected).
-        if wait "$ctest_pid" 2>/dev/null; then status=0; else
-            st=$?
-            if [ "$st" -ne 127 ]; then status=$st; fi
-        fi
-    fi
-    break
-done
+wait_child "$ctest_pid" || status=$?
 ctest_pid=""
 if [ "$status" -eq 0 ]; then
     say "all tests passed ($build)"
