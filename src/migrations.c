@@ -315,8 +315,9 @@ static const lim_migration_t migrations[] = {
       * 'new': this request owns the key now (inserted, or taken over from an attempt that
       * died before creating a load); 'reused': the key belongs to a different request (422);
       * 'replay': the stored final response; 'in_use': the first request is still running
-      * (409); 'load': the first request created a load and answered (202) or died: answer
-      * from the load as it is now. */
+      * (409); 'load': the first request created a load and answered (202) or died, or its
+      * load is already settled (by reconciliation, after the first request's process died):
+      * answer from the load as it is now. */
      "CREATE FUNCTION lim_idem_begin(p_user bigint, p_key text, p_fp bytea, p_stale_ms bigint)\n"
      "RETURNS TABLE (state text, response_status integer, response_body text, load_id bigint)\n"
      "LANGUAGE plpgsql AS $f$\n"
@@ -336,7 +337,9 @@ static const lim_migration_t migrations[] = {
      "    ELSIF v.status = 'done' THEN\n"
      "        RETURN QUERY SELECT 'replay'::text, v.response_status, v.response_body, v.load_id;\n"
      "    ELSIF v.locked_at IS NOT NULL\n"
-     "          AND v.locked_at > now() - p_stale_ms * interval '1 millisecond' THEN\n"
+     "          AND v.locked_at > now() - p_stale_ms * interval '1 millisecond'\n"
+     "          AND (v.load_id IS NULL OR EXISTS (SELECT 1 FROM loads l WHERE l.id = v.load_id\n"
+     "               AND l.status IN ('pending', 'unknown'))) THEN\n"
      "        RETURN QUERY SELECT 'in_use'::text, NULL::integer, NULL::text, v.load_id;\n"
      "    ELSIF v.load_id IS NOT NULL THEN\n"
      "        RETURN QUERY SELECT 'load'::text, NULL::integer, NULL::text, v.load_id;\n"

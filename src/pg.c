@@ -477,8 +477,14 @@ static void on_pgc_poll(uv_poll_t *h, int status, int events)
     pgc_t *c = h->data;
 
     if (status < 0) {
-        pgc_break(c, UV_ECONNRESET, uv_strerror(status));
-        return;
+        /* libuv reports POLLERR as UV_EBADF; libpq can tell the real reason (a refused connect,
+         * a reset) from the socket, so let it look: PQconnectPoll while connecting, else
+         * PQconsumeInput, whose failure breaks the connection with libpq's message. */
+        if (c->state != PGC_CONNECTING && PQconsumeInput(c->conn)) {
+            pgc_break(c, UV_ECONNRESET, uv_strerror(status));
+            return;
+        }
+        events = UV_READABLE;
     }
     if (c->state == PGC_CONNECTING) {
         /* PQconnectPoll may close the socket and open another one. */
