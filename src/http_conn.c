@@ -384,12 +384,15 @@ static void conn_input(lim_conn_t *c, const char *data, size_t len)
             return;
         }
     }
-    if (c->reading) {
+    c->msg_ready = 0;
+    dispatch(c);
+    /* Reading stops only while the answer is pending (an asynchronous handler, a slow write):
+     * an answer written at once leaves the read side armed, which saves the two epoll_ctl
+     * calls a stop and restart would cost on every request. */
+    if (c->reading && !c->closing && (c->handler_active || c->phase == LIM_PHASE_WRITE)) {
         uv_read_stop((uv_stream_t *) &c->tcp);
         c->reading = 0;
     }
-    c->msg_ready = 0;
-    dispatch(c);
 }
 
 void lim__conn_feed(lim_conn_t *c, const char *data, size_t len)

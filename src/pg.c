@@ -73,6 +73,7 @@ struct lim_pg_pool_s {
     unsigned qlen;
     uv_timer_t qtimer; /* oldest deadline, or 0 ms to deliver deferred failures */
     int down;          /* no connection can be had: fail fast */
+    int prep_warned;   /* a failed prepare was logged since the last success */
     int closing;
     unsigned closes_pending; /* timers still to close */
     lim_pg_closed_cb closed_cb;
@@ -229,6 +230,7 @@ static void pgc_prepare_next(pgc_t *c)
         if (pool->down)
             lim_log_info("postgres: connected again");
         pool->down = 0;
+        pool->prep_warned = 0;
         if (pgc_arm(c, UV_READABLE) != 0) { /* notice the server closing while idle */
             pgc_break(c, UV_ECONNRESET, "cannot poll the connection");
             return;
@@ -444,9 +446,13 @@ static void pgc_complete(pgc_t *c)
     c->res = NULL;
     if (c->state == PGC_PREPARING) {
         if (!ok) {
-            /* Our own SQL does not prepare: the schema is missing or old (run initdb). */
-            lim_log_error("postgres: cannot prepare %s: %s", pool->opts.stmts[c->prep_next].name,
-                          res != NULL ? PQresultErrorMessage(res) : "no result");
+            /* Our own SQL does not prepare: the schema is missing or old (run initdb). Said
+             * once until a connection succeeds again; every retry would repeat it. */
+            lim_log(pool->prep_warned ? LIM_LOG_DEBUG : LIM_LOG_ERROR,
+                    "postgres: cannot prepare %s (run limits initdb?): %s",
+                    pool->opts.stmts[c->prep_next].name,
+                    res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : "no result");
+            pool->prep_warned = 1;
             PQclear(res);
             pgc_break(c, UV_ECONNRESET, "prepare failed");
             return;
