@@ -206,6 +206,39 @@ static void services_close(lim_app_t *app, void (*cb)(lim_app_t *))
     lim_reconcile_close(app->reconciler, on_services_reconciler_closed, app);
 }
 
+/* ---- start-up log ---------------------------------------------------------------------------- */
+
+#define CONFIG_FIELDS 64
+
+typedef struct config_log_s {
+    lim_log_field_t f[CONFIG_FIELDS];
+    char *values[CONFIG_FIELDS];
+    size_t n;
+} config_log_t;
+
+static void on_setting(const char *key, const char *value, void *arg)
+{
+    config_log_t *cl = arg;
+
+    if (cl->n < CONFIG_FIELDS && (cl->values[cl->n] = strdup(value)) != NULL) {
+        cl->f[cl->n] = LIM_LOG_S(key, cl->values[cl->n]);
+        cl->n++;
+    }
+}
+
+/* One line with every effective setting, secrets masked, so an operator can see what this
+ * process runs with. */
+static void log_configuration(const lim_config_t *cfg)
+{
+    config_log_t cl;
+
+    memset(&cl, 0, sizeof(cl));
+    if (lim_config_each(cfg, on_setting, &cl) == 0)
+        lim_log_kv(LIM_LOG_INFO, "configuration", cl.f, cl.n);
+    for (size_t i = 0; i < cl.n; i++)
+        free(cl.values[i]);
+}
+
 /* ---- serve --------------------------------------------------------------------------------- */
 
 static void on_handle_closed(uv_handle_t *h)
@@ -307,6 +340,7 @@ int lim_app_start(lim_app_t *app, uv_loop_t *loop, const lim_config_t *cfg)
     app->loop = loop;
     app->cfg = cfg;
     app_handles_init(app, loop);
+    log_configuration(cfg);
 
     rc = lim_home_render(&app->home);
     if (rc != 0) {

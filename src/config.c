@@ -870,3 +870,67 @@ fail:
     lim_config_free(cfg);
     return rc;
 }
+
+/* ---- describing the effective configuration ---------------------------------------------- */
+
+int lim_config_each(const lim_config_t *cfg, lim_config_visit_cb visit, void *arg)
+{
+    static const char *const formats[] = {"logfmt", "json"};
+    static const char *const levels[] = {"debug", "info", "warn", "error"};
+    lim_buf_t value;
+    int rc = 0;
+
+    lim_buf_init(&value, 4 * STRING_MAX);
+    for (size_t i = 0; rc == 0 && i < LIM_ARRAY_SIZE(settings); i++) {
+        const setting_t *k = &settings[i];
+        const char *field = (const char *) cfg + k->offset;
+        char num[LIM_MONEY_STRLEN + 8];
+
+        lim_buf_reset(&value);
+        switch (k->kind) {
+        case KIND_STRING:
+        case KIND_BRAINTREE_ENV:
+        case KIND_LISTEN: {
+            const char *s = *(char *const *) (const void *) field;
+            if (s == NULL)
+                s = "";
+            /* Secrets never leave: the whole value, or the password inside a URL. */
+            if (reveal_for(k->name) == REVEAL_NOTHING || k->reveal == REVEAL_NOTHING)
+                rc = lim_buf_append_str(&value, s[0] != '\0' ? "***" : "");
+            else
+                rc = mask_passwords(&value, s, strlen(s));
+            break;
+        }
+        case KIND_MONEY:
+            rc = lim_buf_append_str(
+                &value, lim_money_format_limit(*(const lim_money_t *) (const void *) field, num));
+            break;
+        case KIND_DURATION: {
+            unsigned long long ms = *(const uint64_t *) (const void *) field;
+            rc = ms != 0 && ms % 3600000 == 0 ? lim_buf_printf(&value, "%lluh", ms / 3600000)
+                 : ms != 0 && ms % 60000 == 0 ? lim_buf_printf(&value, "%llum", ms / 60000)
+                 : ms % 1000 == 0             ? lim_buf_printf(&value, "%llus", ms / 1000)
+                                              : lim_buf_printf(&value, "%llums", ms);
+            break;
+        }
+        case KIND_COUNT:
+            rc = lim_buf_printf(&value, "%u", (unsigned) *(const uint32_t *) (const void *) field);
+            break;
+        case KIND_SWITCH:
+            rc = lim_buf_append_str(&value, *(const int *) (const void *) field ? "on" : "off");
+            break;
+        case KIND_LOG_FORMAT:
+            rc = lim_buf_append_str(&value,
+                                    formats[*(const lim_log_format_t *) (const void *) field % 2]);
+            break;
+        case KIND_LOG_LEVEL:
+            rc = lim_buf_append_str(&value,
+                                    levels[*(const lim_log_level_t *) (const void *) field % 4]);
+            break;
+        }
+        if (rc == 0)
+            visit(k->name, value.data != NULL ? value.data : "", arg);
+    }
+    lim_buf_free(&value);
+    return rc;
+}

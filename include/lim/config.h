@@ -125,6 +125,15 @@ LIM_MUSTCHECK int lim_config_parse(lim_config_t *cfg, const char *text, size_t l
  */
 LIM_MUSTCHECK int lim_config_load(lim_config_t *cfg, char *const *envp, char **err);
 
+/**
+ * Visit every setting with its effective value as text ("10s", "500", "on"), in the table's
+ * order, for the start-up log. Secrets are masked: BRAINTREE_PRIVATE_KEY (and any key named
+ * like a secret) shows "***", passwords inside URLs show as "***".
+ * @return 0 or UV_ENOMEM.
+ */
+typedef void (*lim_config_visit_cb)(const char *key, const char *value, void *arg);
+LIM_MUSTCHECK int lim_config_each(const lim_config_t *cfg, lim_config_visit_cb visit, void *arg);
+
 /** Release the strings cfg owns. Safe on a zeroed or defaulted config. */
 void lim_config_free(lim_config_t *cfg);
 

@@ -957,3 +957,44 @@ Test(config, empty_settings_file)
     assert_defaults(&cfg);
     lim_config_free(&cfg);
 }
+
+/* The start-up log's view: every setting once, secrets masked, durations readable. */
+typedef struct seen_s {
+    char text[8192];
+    unsigned n;
+} seen_t;
+
+static void on_seen(const char *key, const char *value, void *arg)
+{
+    seen_t *s = arg;
+    size_t len = strlen(s->text);
+    snprintf(s->text + len, sizeof(s->text) - len, "%s=%s\n", key, value);
+    s->n++;
+}
+
+Test(config, each_masks_secrets)
+{
+    lim_config_t cfg;
+    char *err = NULL;
+    seen_t *seen = calloc(1, sizeof(*seen));
+
+    cr_assert_eq(lim_config_defaults(&cfg), 0);
+    cr_assert_eq(lim_config_set(&cfg, "BRAINTREE_PRIVATE_KEY", "priv-secret-123", "t", 1, &err), 0);
+    cr_assert_eq(lim_config_set(&cfg, "DATABASE_URL", "postgresql://u:pw-secret@127.0.0.1:5/d", "t",
+                                2, &err),
+                 0);
+    cr_assert_eq(lim_config_set(&cfg, "HTTP_IDLE_TIMEOUT", "250ms", "t", 3, &err), 0);
+    cr_assert_eq(lim_config_each(&cfg, on_seen, seen), 0);
+    cr_assert_null(strstr(seen->text, "priv-secret-123"));
+    cr_assert_null(strstr(seen->text, "pw-secret"));
+    cr_assert_not_null(strstr(seen->text, "BRAINTREE_PRIVATE_KEY=***\n"));
+    cr_assert_not_null(strstr(seen->text, "DATABASE_URL=postgresql://u:***@127.0.0.1:5/d\n"));
+    cr_assert_not_null(strstr(seen->text, "HTTP_IDLE_TIMEOUT=250ms\n"));
+    cr_assert_not_null(strstr(seen->text, "IDEMPOTENCY_TTL=24h\n"));
+    cr_assert_not_null(strstr(seen->text, "LIMIT_DAY=500\n"));
+    cr_assert_not_null(strstr(seen->text, "ACCESS_LOG=on\n"));
+    cr_assert_not_null(strstr(seen->text, "LISTEN=127.0.0.1:5000\n"));
+    cr_assert_geq(seen->n, 30);
+    lim_config_free(&cfg);
+    free(seen);
+}
