@@ -8,7 +8,7 @@ PACKAGES=(
     build-essential cmake pkg-config git ca-certificates curl
     libuv1-dev node-llhttp libcjson-dev libhiredis-dev libpq-dev
     libcurl4-openssl-dev libexpat1-dev libcmark-dev libssl-dev zlib1g-dev
-    libcriterion-dev
+    libcriterion-dev python3-yaml
     postgresql redis-server
     clang clang-format libclang-rt-14-dev
     nginx-light wrk
