@@ -27,6 +27,7 @@ static const lim_route_t app_routes[] = {
     {LIM_METHOD_GET, "/index.html", lim_handle_home, "home"},
     {LIM_METHOD_GET, "/healthz", lim_handle_healthz, "healthz"},
     {LIM_METHOD_GET, "/readyz", lim_handle_readyz, "readyz"},
+    {LIM_METHOD_GET, "/openapi.json", lim_handle_openapi, "openapi"},
     {LIM_METHOD_POST, "/tokens/", lim_handle_tokens, "tokens"},
     {LIM_METHOD_GET, "/cards/", lim_handle_cards_list, "cards_list"},
     {LIM_METHOD_GET, "/cards/{id}/", lim_handle_card_get, "card_get"},
@@ -34,6 +35,12 @@ static const lim_route_t app_routes[] = {
     {LIM_METHOD_GET, "/cards/{id}/loads/", lim_handle_card_loads, "card_loads"},
     {LIM_METHOD_GET, "/cards/{id}/loads/{id}/", lim_handle_card_load_get, "card_load_get"},
 };
+
+const lim_route_t *lim_app_routes(size_t *n)
+{
+    *n = LIM_ARRAY_SIZE(app_routes);
+    return app_routes;
+}
 
 /* ---- services ------------------------------------------------------------------------------ */
 

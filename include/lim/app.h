@@ -67,6 +67,10 @@ void lim_app_stop(lim_app_t *app);
 /** Release what lim_app_start() built; call after uv_run() returned. */
 void lim_app_free(lim_app_t *app);
 
+/** The route table of the API (static; *n set to its length): what the router serves and
+ *  docs/openapi.json documents. */
+const lim_route_t *lim_app_routes(size_t *n);
+
 /** `limits serve`: start, run the loop until stopped, return the exit status. */
 int lim_app_serve(const lim_config_t *cfg);
 
