@@ -3,8 +3,8 @@
  *
  * The asynchronous half is a table of prepared statements (stmts[]) run on the pg.h pool; each
  * call allocates a small request that carries the caller's callback to the result. The
- * blocking half (initdb, fake-data) uses plain libpq, because it runs in CLI commands before
- * or instead of a loop.
+ * blocking half (initdb, fake-data, administration) uses plain libpq, because it runs in CLI
+ * commands before or instead of a loop.
  *
  * Rolling windows are measured on the database clock and in hours, never in days: for a
  * timestamptz, now() - interval '1 day' is a calendar day in the session's time zone (23 or 25
@@ -25,8 +25,10 @@
 
 #include "lim/apikey.h"
 #include "lim/buf.h"
+#include "lim/json.h"
 #include "lim/log.h"
 #include "lim/migrations.h"
+#include "lim/money.h"
 
 /* pg_advisory_xact_lock() keys: "limits" in ASCII, then a number per purpose. They are
  * per database, so separate test databases never wait for each other. */
@@ -1587,4 +1589,536 @@ done:
     if (db != NULL)
         PQfinish(db);
     return rc;
+}
+
+/* ---- blocking: administration (users, cards, keys) -------------------------------------- */
+
+#define SQL_UTC_TIME(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+
+/* A user as an operator named it. */
+typedef struct admin_user_s {
+    int64_t id;
+    char id_text[24];
+    char name[256]; /* usernames are at most 255 bytes (users_username_length) */
+} admin_user_t;
+
+/* Connect, check the schema and start the command's transaction. @return NULL (printed). */
+static PGconn *admin_begin(const char *conninfo, FILE *err)
+{
+    PGconn *db = cli_connect(conninfo, err);
+
+    if (db == NULL)
+        return NULL;
+    if (check_schema(db, err) != 0 ||
+        cli_run(db, "BEGIN", "cannot start a transaction", err) != 0) {
+        PQfinish(db);
+        return NULL;
+    }
+    return db;
+}
+
+/* Commit when rc is 0, else roll back; then disconnect. @return 0, or -1 (printed). */
+static int admin_end(PGconn *db, int rc, FILE *err)
+{
+    if (rc == 0)
+        rc = cli_run(db, "COMMIT", "commit failed", err);
+    else
+        cli_rollback(db);
+    PQfinish(db);
+    return rc;
+}
+
+static int all_digits(const char *s)
+{
+    if (*s == '\0')
+        return 0;
+    for (; *s != '\0'; s++)
+        if (*s < '0' || *s > '9')
+            return 0;
+    return 1;
+}
+
+/*
+ * Find the user `ref` names (store.h: all digits is an id, else a username); with `lock`, lock
+ * its row until the end of the transaction.
+ * @return 0, or -1 (printed, also when there is no such user).
+ */
+static int admin_user(PGconn *db, const char *ref, int lock, admin_user_t *u, FILE *err)
+{
+    char sql[160];
+    const char *param = ref;
+    char id[24];
+
+    if (all_digits(ref)) {
+        /* An id beyond bigint is no user's (and must not reach the cast). */
+        errno = 0;
+        long long v = strtoll(ref, NULL, 10);
+        if (errno == ERANGE) {
+            fprintf(err, "no user \"%s\"\n", ref);
+            return -1;
+        }
+        snprintf(id, sizeof(id), "%lld", v);
+        param = id;
+    }
+    snprintf(sql, sizeof(sql), "SELECT id, username FROM users WHERE %s%s",
+             param == ref ? "username = $1" : "id = $1::bigint", lock ? " FOR UPDATE" : "");
+    PGresult *res = cli_exec(db, sql, 1, &param, PGRES_TUPLES_OK, "cannot look up the user", err);
+    if (res == NULL)
+        return -1;
+    int found = PQntuples(res) == 1;
+    if (found) {
+        u->id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        snprintf(u->id_text, sizeof(u->id_text), "%" PRId64, u->id);
+        snprintf(u->name, sizeof(u->name), "%s", PQgetvalue(res, 0, 1));
+    } else {
+        fprintf(err, "no user \"%s\"\n", ref);
+    }
+    PQclear(res);
+    return found ? 0 : -1;
+}
+
+/* Print `rows` x `ncols` cells in columns two spaces apart under `headers`; the columns whose
+ * bit is set in `right` (numbers) are right-aligned. The last column is not padded. */
+static void print_table(FILE *out, const char *const *headers, const char *const *cells,
+                        size_t rows, size_t ncols, unsigned right)
+{
+    int width[8] = {0};
+
+    for (size_t c = 0; c < ncols && c < LIM_ARRAY_SIZE(width); c++) {
+        width[c] = (int) strlen(headers[c]);
+        for (size_t r = 0; r < rows; r++) {
+            int len = (int) strlen(cells[r * ncols + c]);
+            width[c] = len > width[c] ? len : width[c];
+        }
+    }
+    for (size_t r = 0; r <= rows; r++) {
+        const char *const *row = r == 0 ? headers : &cells[(r - 1) * ncols];
+        for (size_t c = 0; c < ncols && c < LIM_ARRAY_SIZE(width); c++) {
+            int last = c + 1 == ncols;
+            if (right & (1u << c))
+                fprintf(out, "%*s%s", width[c], row[c], last ? "\n" : "  ");
+            else if (last)
+                fprintf(out, "%s\n", row[c]);
+            else
+                fprintf(out, "%-*s  ", width[c], row[c]);
+        }
+    }
+}
+
+/* Print a JSON value on one line. @return 0 or -1 (printed). */
+static int print_json(FILE *out, const cJSON *item, FILE *err)
+{
+    lim_buf_t b;
+
+    lim_buf_init(&b, ARRAY_LITERAL_MAX);
+    int rc = item != NULL ? lim_json_print(&b, item) : UV_ENOMEM;
+    if (rc == 0)
+        fprintf(out, "%s\n", b.data != NULL ? b.data : "");
+    else
+        fprintf(err, "cannot print JSON: %s\n", uv_strerror(rc));
+    lim_buf_free(&b);
+    return rc == 0 ? 0 : -1;
+}
+
+/* A new object at the end of arr (which owns it), or NULL (no memory). */
+static cJSON *json_row(cJSON *arr)
+{
+    cJSON *o = cJSON_CreateObject();
+
+    if (o != NULL && !cJSON_AddItemToArray(arr, o)) {
+        cJSON_Delete(o);
+        o = NULL;
+    }
+    return o;
+}
+
+/* The output of a listing must have reached `out` for it to count. */
+static int flushed(FILE *out, FILE *err)
+{
+    if (fflush(out) != 0 || ferror(out)) {
+        fprintf(err, "cannot write the output\n");
+        return -1;
+    }
+    return 0;
+}
+
+int lim_store_user_add(const char *conninfo, const char *username, const char *email, FILE *out,
+                       FILE *err)
+{
+    const char *params[2] = {username, email};
+    int rc = -1;
+
+    PGconn *db = admin_begin(conninfo, err);
+    if (db == NULL)
+        return -1;
+    /* ON CONFLICT: a taken name or email is reported from the row that holds it, below,
+     * rather than from a unique violation's message. */
+    PGresult *res = cli_exec(db,
+                             "INSERT INTO users (username, email) VALUES ($1, $2)"
+                             " ON CONFLICT DO NOTHING RETURNING id",
+                             2, params, PGRES_TUPLES_OK, "cannot create the user", err);
+    if (res == NULL)
+        goto done;
+    if (PQntuples(res) == 1) {
+        fprintf(out, "created user %s <%s> (id %s)\n", username, email, PQgetvalue(res, 0, 0));
+        rc = 0;
+        goto done;
+    }
+    PQclear(res);
+    res = cli_exec(db,
+                   "SELECT id, username, username = $1 FROM users"
+                   " WHERE username = $1 OR email = $2 ORDER BY username = $1 DESC LIMIT 1",
+                   2, params, PGRES_TUPLES_OK, "cannot create the user", err);
+    if (res == NULL)
+        goto done;
+    if (PQntuples(res) == 0)
+        fprintf(err, "cannot create user %s: its username or email was taken meanwhile\n",
+                username);
+    else if (PQgetvalue(res, 0, 2)[0] == 't')
+        fprintf(err, "user %s exists (id %s)\n", username, PQgetvalue(res, 0, 0));
+    else
+        fprintf(err, "cannot create user %s: email %s belongs to user %s (id %s)\n", username,
+                email, PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 0));
+
+done:
+    PQclear(res);
+    return admin_end(db, rc, err);
+}
+
+int lim_store_card_add(const char *conninfo, const char *user, const char *name, FILE *out,
+                       FILE *err)
+{
+    admin_user_t u;
+    PGresult *res = NULL;
+    int rc = -1;
+
+    PGconn *db = admin_begin(conninfo, err);
+    if (db == NULL)
+        return -1;
+    /* The user's row lock serializes card additions for the user, so two runs never pick the
+     * same free "Card-<n>" (it briefly holds back that user's loads, which lock it too). */
+    if (admin_user(db, user, 1, &u, err) != 0)
+        goto done;
+    const char *params[2] = {u.id_text, name};
+    /* Among Card-1..Card-<count + 1> one is always free. */
+    res = cli_exec(db,
+                   "INSERT INTO cards (user_id, name)"
+                   " VALUES ($1::bigint, COALESCE($2::text,"
+                   "   (SELECT 'Card-' || min(g)"
+                   "      FROM generate_series(1, (SELECT count(*)::int + 1 FROM cards"
+                   "                                WHERE user_id = $1::bigint)) g"
+                   "     WHERE NOT EXISTS (SELECT 1 FROM cards c WHERE c.user_id = $1::bigint"
+                   "                          AND c.name = 'Card-' || g))))"
+                   " ON CONFLICT (user_id, name) DO NOTHING RETURNING id, name",
+                   2, params, PGRES_TUPLES_OK, "cannot create the card", err);
+    if (res == NULL)
+        goto done;
+    if (PQntuples(res) == 1) {
+        fprintf(out, "created card %s (id %s) for %s (id %s)\n", PQgetvalue(res, 0, 1),
+                PQgetvalue(res, 0, 0), u.name, u.id_text);
+        rc = 0;
+        goto done;
+    }
+    PQclear(res);
+    res = cli_exec(db, "SELECT id FROM cards WHERE user_id = $1::bigint AND name = $2", 2, params,
+                   PGRES_TUPLES_OK, "cannot create the card", err);
+    if (res != NULL)
+        fprintf(err, "user %s (id %s) already has a card named \"%s\"%s%s%s\n", u.name, u.id_text,
+                name != NULL ? name : "?", PQntuples(res) == 1 ? " (id " : "",
+                PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "", PQntuples(res) == 1 ? ")" : "");
+
+done:
+    PQclear(res);
+    return admin_end(db, rc, err);
+}
+
+static int print_cards(const PGresult *res, int json, FILE *out, FILE *err)
+{
+    static const char *const headers[] = {"ID", "NAME", "BALANCE"};
+    size_t rows = (size_t) PQntuples(res);
+    char(*money)[LIM_MONEY_STRLEN] = calloc(rows + 1, sizeof(*money));
+    const char **cells = calloc(rows * 3 + 1, sizeof(*cells));
+    cJSON *arr = json ? cJSON_CreateArray() : NULL;
+    int rc = -1;
+
+    if (money == NULL || cells == NULL || (json && arr == NULL)) {
+        fprintf(err, "cannot list the cards: out of memory\n");
+        goto done;
+    }
+    for (size_t r = 0; r < rows; r++) {
+        lim_money_format(strtoll(PQgetvalue(res, (int) r, 2), NULL, 10), money[r]);
+        cells[r * 3] = PQgetvalue(res, (int) r, 0);
+        cells[r * 3 + 1] = PQgetvalue(res, (int) r, 1);
+        cells[r * 3 + 2] = money[r];
+        if (!json)
+            continue;
+        cJSON *o = json_row(arr);
+        if (o == NULL || lim_json_add_int(o, "id", strtoll(cells[r * 3], NULL, 10)) == NULL ||
+            cJSON_AddStringToObject(o, "name", cells[r * 3 + 1]) == NULL ||
+            cJSON_AddStringToObject(o, "balance", money[r]) == NULL) {
+            fprintf(err, "cannot list the cards: out of memory\n");
+            goto done;
+        }
+    }
+    if (json)
+        rc = print_json(out, arr, err);
+    else {
+        print_table(out, headers, cells, rows, 3, 1u << 0 | 1u << 2);
+        rc = 0;
+    }
+
+done:
+    cJSON_Delete(arr);
+    free(cells);
+    free(money);
+    return rc;
+}
+
+int lim_store_cards_print(const char *conninfo, const char *user, int json, FILE *out, FILE *err)
+{
+    admin_user_t u;
+    PGresult *res = NULL;
+    int rc = -1;
+
+    PGconn *db = admin_begin(conninfo, err);
+    if (db == NULL)
+        return -1;
+    if (admin_user(db, user, 0, &u, err) != 0)
+        goto done;
+    const char *param = u.id_text;
+    res = cli_exec(db,
+                   "SELECT id, name, balance_minor FROM cards WHERE user_id = $1::bigint"
+                   " ORDER BY id",
+                   1, &param, PGRES_TUPLES_OK, "cannot list the cards", err);
+    if (res == NULL)
+        goto done;
+    rc = print_cards(res, json, out, err);
+    rc = rc == 0 ? flushed(out, err) : rc;
+
+done:
+    PQclear(res);
+    return admin_end(db, rc, err);
+}
+
+int lim_store_key_add(const char *conninfo, const char *user, FILE *out, FILE *err)
+{
+    admin_user_t u;
+    char key[LIM_APIKEY_LEN + 1];
+    char prefix[LIM_APIKEY_PREFIX_LEN + 1];
+    char hex[65];
+    uint8_t hash[32];
+    PGresult *res = NULL;
+    int rc = -1;
+    int shown = 0;
+
+    PGconn *db = admin_begin(conninfo, err);
+    if (db == NULL)
+        return -1;
+    if (admin_user(db, user, 0, &u, err) != 0)
+        goto done;
+    if (lim_apikey_generate(key) != 0) {
+        fprintf(err, "cannot make an API key: the system's random source failed\n");
+        goto done;
+    }
+    lim_apikey_hash(key, LIM_APIKEY_LEN, hash);
+    lim_apikey_hex(hash, hex);
+    memcpy(prefix, key, LIM_APIKEY_PREFIX_LEN);
+    prefix[LIM_APIKEY_PREFIX_LEN] = '\0';
+    res = cli_exec(db,
+                   "INSERT INTO api_keys (user_id, key_hash, prefix)"
+                   " VALUES ($1::bigint, decode($2, 'hex'), $3)",
+                   3, (const char *const[]){u.id_text, hex, prefix}, PGRES_COMMAND_OK,
+                   "cannot store the API key", err);
+    if (res == NULL)
+        goto done;
+    /* Shown before the commit, as in fake-data: if it cannot be written, it is not kept. */
+    fprintf(out, "API key for %s (id %s), shown once: %s\n", u.name, u.id_text, key);
+    fprintf(out, "its prefix, for `limits keys list` and `limits keys revoke`: %s\n", prefix);
+    shown = 1;
+    rc = flushed(out, err);
+
+done:
+    PQclear(res);
+    memset(key, 0, sizeof(key));
+    rc = admin_end(db, rc, err);
+    if (rc != 0 && shown)
+        fprintf(err, "not committed; do not use the key shown above\n");
+    return rc;
+}
+
+static int print_keys(const PGresult *res, int json, FILE *out, FILE *err)
+{
+    static const char *const headers[] = {"PREFIX", "CREATED", "REVOKED"};
+    size_t rows = (size_t) PQntuples(res);
+    const char **cells = calloc(rows * 3 + 1, sizeof(*cells));
+    cJSON *arr = json ? cJSON_CreateArray() : NULL;
+    int rc = -1;
+
+    if (cells == NULL || (json && arr == NULL)) {
+        fprintf(err, "cannot list the keys: out of memory\n");
+        goto done;
+    }
+    for (size_t r = 0; r < rows; r++) {
+        int revoked = !PQgetisnull(res, (int) r, 2);
+        cells[r * 3] = PQgetvalue(res, (int) r, 0);
+        cells[r * 3 + 1] = PQgetvalue(res, (int) r, 1);
+        cells[r * 3 + 2] = revoked ? PQgetvalue(res, (int) r, 2) : "-";
+        if (!json)
+            continue;
+        cJSON *o = json_row(arr);
+        if (o == NULL || cJSON_AddStringToObject(o, "prefix", cells[r * 3]) == NULL ||
+            cJSON_AddStringToObject(o, "created", cells[r * 3 + 1]) == NULL ||
+            (revoked ? cJSON_AddStringToObject(o, "revoked", cells[r * 3 + 2])
+                     : cJSON_AddNullToObject(o, "revoked")) == NULL) {
+            fprintf(err, "cannot list the keys: out of memory\n");
+            goto done;
+        }
+    }
+    if (json)
+        rc = print_json(out, arr, err);
+    else {
+        print_table(out, headers, cells, rows, 3, 0);
+        rc = 0;
+    }
+
+done:
+    cJSON_Delete(arr);
+    free(cells);
+    return rc;
+}
+
+int lim_store_keys_print(const char *conninfo, const char *user, int json, FILE *out, FILE *err)
+{
+    admin_user_t u;
+    PGresult *res = NULL;
+    int rc = -1;
+
+    PGconn *db = admin_begin(conninfo, err);
+    if (db == NULL)
+        return -1;
+    if (admin_user(db, user, 0, &u, err) != 0)
+        goto done;
+    const char *param = u.id_text;
+    res = cli_exec(db,
+                   "SELECT prefix, " SQL_UTC_TIME("created_at") ", " SQL_UTC_TIME(
+                       "revoked_at") "  FROM api_keys WHERE user_id = $1::bigint ORDER BY id",
+                   1, &param, PGRES_TUPLES_OK, "cannot list the keys", err);
+    if (res == NULL)
+        goto done;
+    rc = print_keys(res, json, out, err);
+    rc = rc == 0 ? flushed(out, err) : rc;
+
+done:
+    PQclear(res);
+    return admin_end(db, rc, err);
+}
+
+/* Revoke every live key of u. */
+static int revoke_all(PGconn *db, const admin_user_t *u, FILE *out, FILE *err)
+{
+    const char *param = u->id_text;
+    PGresult *res = cli_exec(db,
+                             "UPDATE api_keys SET revoked_at = now()"
+                             " WHERE user_id = $1::bigint AND revoked_at IS NULL"
+                             " RETURNING prefix",
+                             1, &param, PGRES_TUPLES_OK, "cannot revoke the keys", err);
+    if (res == NULL)
+        return -1;
+    int n = PQntuples(res);
+    for (int r = 0; r < n; r++)
+        fprintf(out, "revoked key %s of %s (id %s)\n", PQgetvalue(res, r, 0), u->name, u->id_text);
+    if (n == 0)
+        fprintf(out, "%s (id %s) has no live keys; nothing revoked\n", u->name, u->id_text);
+    else
+        fprintf(out, "revoked %d key(s) of %s (id %s)\n", n, u->name, u->id_text);
+    PQclear(res);
+    return 0;
+}
+
+/* Revoke the one key `key` names (a whole key or a prefix), of u when u is not NULL. */
+static int revoke_one(PGconn *db, const char *key, const admin_user_t *u, FILE *out, FILE *err)
+{
+    char hex[65] = "";
+    char shown[LIM_APIKEY_PREFIX_LEN + 8];
+    const char *by_prefix = key;
+    PGresult *res = NULL;
+    int rc = -1;
+
+    /* A whole key is matched by its hash, and never echoed: messages show its prefix. */
+    if (lim_apikey_well_formed(key, strlen(key))) {
+        uint8_t hash[32];
+        lim_apikey_hash(key, LIM_APIKEY_LEN, hash);
+        lim_apikey_hex(hash, hex);
+        by_prefix = NULL;
+        snprintf(shown, sizeof(shown), "%.*s...", LIM_APIKEY_PREFIX_LEN, key);
+    } else {
+        snprintf(shown, sizeof(shown), "%s", key);
+    }
+    const char *params[3] = {by_prefix == NULL ? hex : NULL, by_prefix,
+                             u != NULL ? u->id_text : NULL};
+    res = cli_exec(db,
+                   "SELECT k.id, k.prefix, u.id, u.username, " SQL_UTC_TIME(
+                       "k.revoked_at") "  FROM api_keys k JOIN users u ON u.id = k.user_id"
+                                       " WHERE (k.key_hash = decode($1, 'hex') OR k.prefix = $2)"
+                                       "   AND ($3::bigint IS NULL OR k.user_id = $3::bigint)"
+                                       " ORDER BY k.id FOR UPDATE OF k",
+                   3, params, PGRES_TUPLES_OK, "cannot look up the key", err);
+    if (res == NULL)
+        goto done;
+    if (PQntuples(res) == 0) {
+        if (u != NULL)
+            fprintf(err, "no key \"%s\" of %s (id %s)\n", shown, u->name, u->id_text);
+        else
+            fprintf(err, "no key \"%s\"\n", shown);
+        goto done;
+    }
+    if (PQntuples(res) > 1) {
+        fprintf(err, "prefix \"%s\" matches %d keys (of", shown, PQntuples(res));
+        for (int r = 0; r < PQntuples(res); r++)
+            fprintf(err, "%s user id %s", r > 0 ? "," : "", PQgetvalue(res, r, 2));
+        fprintf(err, "): give the whole key, or --user\n");
+        goto done;
+    }
+    char owner[320];
+    snprintf(owner, sizeof(owner), "%s (id %s)", PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 2));
+    if (!PQgetisnull(res, 0, 4)) {
+        fprintf(out, "key %s of %s was already revoked at %s; nothing done\n",
+                PQgetvalue(res, 0, 1), owner, PQgetvalue(res, 0, 4));
+        rc = 0;
+        goto done;
+    }
+    const char *id = PQgetvalue(res, 0, 0);
+    PGresult *upd = cli_exec(db, "UPDATE api_keys SET revoked_at = now() WHERE id = $1::bigint", 1,
+                             &id, PGRES_COMMAND_OK, "cannot revoke the key", err);
+    if (upd == NULL)
+        goto done;
+    PQclear(upd);
+    fprintf(out, "revoked key %s of %s\n", PQgetvalue(res, 0, 1), owner);
+    rc = 0;
+
+done:
+    PQclear(res);
+    return rc;
+}
+
+int lim_store_keys_revoke(const char *conninfo, const char *key, const char *user, FILE *out,
+                          FILE *err)
+{
+    admin_user_t u;
+    int rc = -1;
+
+    PGconn *db = admin_begin(conninfo, err);
+    if (db == NULL)
+        return -1;
+    if (user != NULL && admin_user(db, user, 0, &u, err) != 0)
+        goto done;
+    if (key != NULL)
+        rc = revoke_one(db, key, user != NULL ? &u : NULL, out, err);
+    else if (user != NULL)
+        rc = revoke_all(db, &u, out, err);
+    else
+        fprintf(err, "revoke what: give a key, a key's prefix, or a user\n");
+
+done:
+    return admin_end(db, rc, err);
 }

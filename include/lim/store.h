@@ -6,7 +6,8 @@
  *     in later issues, the load flow). Async contract as in pg.h: a non-zero return means the
  *     callback never runs; zero means it runs exactly once, later. Callback data is valid only
  *     during the callback.
- *   - Blocking calls for CLI commands (initdb, fake-data), which do not run on a serving loop.
+ *   - Blocking calls for CLI commands (initdb, fake-data, administration), which do not run on
+ *     a serving loop.
  *
  * Ownership is enforced inside the SQL (WHERE user_id = $1), never after it: a card of another
  * user is indistinguishable from a missing one.
@@ -265,5 +266,44 @@ int lim_store_initdb(const char *conninfo, FILE *out, FILE *err);
  */
 int lim_store_fake_data(const char *conninfo, unsigned users, unsigned cards_per_user,
                         const char *keys_path, FILE *out, FILE *err);
+
+/*
+ * Administration (`limits users|cards|keys ...`). Each call is one transaction on its own
+ * connection, needs this build's schema, prints what it did to `out` and any failure to `err`,
+ * and returns 0, or -1 when it failed or there was nothing to act on (no such user or key, a
+ * name or email already taken). The caller has checked the arguments' form (cli.c).
+ *
+ * `user` names a user: all digits is its id, anything else its username (limits never makes
+ * an all-digit username, so the two cannot be confused).
+ */
+
+/** Create user `username` with `email` (both unused so far). */
+int lim_store_user_add(const char *conninfo, const char *username, const char *email, FILE *out,
+                       FILE *err);
+
+/** Give `user` a new card with balance 0, called `name`, or with name NULL the first free
+ *  "Card-<n>" (n = 1, 2, ...). A name the user already has is an error. */
+int lim_store_card_add(const char *conninfo, const char *user, const char *name, FILE *out,
+                       FILE *err);
+
+/** Print `user`'s cards, by id: a table "ID NAME BALANCE" (balance "0.00"), or with json a
+ *  JSON array of {"id", "name", "balance"}, the objects of GET /cards/. */
+int lim_store_cards_print(const char *conninfo, const char *user, int json, FILE *out, FILE *err);
+
+/** Make a new API key for `user` and print it once, with its prefix; only its SHA-256 and
+ *  prefix are stored. Printed before the commit: a key nobody saw is never kept. */
+int lim_store_key_add(const char *conninfo, const char *user, FILE *out, FILE *err);
+
+/** Print `user`'s keys, by age: a table "PREFIX CREATED REVOKED" (UTC, ISO 8601; "-" when
+ *  live), or a JSON array of {"prefix", "created", "revoked" (null when live)}. Never a key. */
+int lim_store_keys_print(const char *conninfo, const char *user, int json, FILE *out, FILE *err);
+
+/**
+ * Revoke the key `key` names (a whole key, matched by its hash, or a key's prefix), or with key
+ * NULL every live key of `user`. With both, the key must be that user's. Revoking a revoked key
+ * changes nothing and says so (it is still 0); a prefix that several keys share is an error.
+ */
+int lim_store_keys_revoke(const char *conninfo, const char *key, const char *user, FILE *out,
+                          FILE *err);
 
 #endif
