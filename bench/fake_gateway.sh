@@ -77,6 +77,7 @@ if [[ -z $BIN ]]; then
         tail -n 30 "$blog" >&2
         die "build failed (full log: $blog)"
     fi
+    echo
     BIN="$dir/limits-fake-braintree"
 fi
 [[ -x $BIN ]] || die "not an executable: $BIN"
@@ -260,7 +261,6 @@ fi
     printf -- '- load: `FAKE_AUTH=%s ORDER_PREFIX=<unique> %s`, after a %s warm-up and `POST /__control/reset`\n' \
         "$AUTH_B64" "${WRK[*]}" "$WARMUP"
     printf -- '- open-files limit %s; reproduce with `bench/fake_gateway.sh`\n' "$NOFILE"
-    echo
     if [[ $quiet -eq 1 ]]; then
         echo "- cores were quiet (≤ 10% busy) when the run started"
     else

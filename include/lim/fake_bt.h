@@ -25,6 +25,11 @@
  *   GET  /__control/transactions   every transaction: id, order_id, amount, status, ...
  *   GET  /__control/stats    counters
  *
+ * Compression: every answer with a body is gzip. The static runs of a transaction's XML are
+ * deflated once (level 9) and reused as byte-aligned blocks, the values between them go in
+ * stored blocks, so a sale costs a copy and a CRC rather than a deflate; other answers are
+ * deflated at gzip_level. gzip_level 0 sends stored blocks only.
+ *
  * Latency: every /merchants request waits latency_ms plus a uniform 0..jitter_ms on a uv_timer
  * before it is processed (the loop never blocks). Fault decisions are drawn from a seeded PRNG,
  * so a run with the same seed and the same request order injects the same faults.
@@ -78,7 +83,7 @@ typedef struct lim_fake_bt_options_s {
     uint64_t jitter_ms;           /* plus a uniform 0..jitter_ms */
     uint64_t duplicate_window_ms; /* > 0: Braintree duplicate checking with this window */
     uint64_t hang_max_ms;         /* > 0: a hung request is dropped after this long */
-    int gzip_level;               /* zlib level 0..9 (default 1: fastest that compresses) */
+    int gzip_level;               /* 0: stored only; 1..9: see "Compression" (default 1) */
     lim_fake_bt_faults_t faults;  /* initial fault injection */
     const lim_config_t *http;     /* HTTP timeouts, max_connections, access log (borrowed,
                                      must outlive the fake); NULL: defaults, access log off */

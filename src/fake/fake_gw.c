@@ -199,6 +199,10 @@ static const decline_t declines[] = {
     {"Closed Card", 1},
 };
 
+/* 2000 through 2108; 2109-2999 are "Processor Declined" like 2038. */
+_Static_assert(LIM_ARRAY_SIZE(declines) == 109, "one entry per code from 2000 to 2108");
+#define DECLINE_GENERIC 38
+
 #define FAILED_TEXT "Processor Network Unavailable - Try Again"
 
 /* The keys a <transaction> create may carry at its top level (Transaction.create_signature
@@ -705,6 +709,11 @@ static nonce_t classify_nonce(const char *s, size_t len, int *card)
         "fake-local-payment-", "tokensam_fake_",
     };
 
+    /* The nonce of nearly every request first. */
+    if (is(s, len, "fake-valid-nonce")) {
+        *card = CARD_VISA;
+        return NONCE_VALID;
+    }
     *card = card_of_name(s, len);
     if (is(s, len, "fake-consumed-nonce"))
         return NONCE_CONSUMED;
@@ -1001,9 +1010,8 @@ static void decide(lim_fake_bt_t *fk, fk_txn_t *t, nonce_t nk, int submit, int64
         add_event(t, FK_ST_SUBMITTED, now);
     } else if (nk == NONCE_DECLINE || (a >= 200000 && a <= 299999)) {
         int code = nk == NONCE_DECLINE ? 2000 : (int) (a / 100);
-        const decline_t *d = &declines[code - 2000 < (int) LIM_ARRAY_SIZE(declines)
-                                           ? code - 2000
-                                           : 38]; /* 2109-2999: "Processor Declined" */
+        const decline_t *d =
+            &declines[code - 2000 < (int) LIM_ARRAY_SIZE(declines) ? code - 2000 : DECLINE_GENERIC];
         t->proc_code = (int16_t) code;
         t->proc_text = d->text;
         t->proc_type = d->hard ? "hard_declined" : "soft_declined";
@@ -1069,7 +1077,7 @@ static int gw_sale(lim_fake_bt_t *fk, fk_xw_t *w, const fk_doc_t *doc)
     lim_money_t amount_minor = 0;
     fk_amount_t ar;
     nonce_t nk = NONCE_VALID;
-    int card = CARD_VISA, is_credit = 0, submit, rc;
+    int card = CARD_VISA, is_credit = 0, used = 0, submit, rc;
     fp_t fp = {0};
     fk_txn_t *t, *replay;
     int64_t now_msec, now;
@@ -1115,8 +1123,9 @@ static int gw_sale(lim_fake_bt_t *fk, fk_xw_t *w, const fk_doc_t *doc)
     cc = fk_doc_child(doc, root, "credit_card");
     if (nonce != NULL) {
         nk = classify_nonce(nonce, nonce_len, &card);
-        if (nk == NONCE_SINGLE_USE && fk_map_get(&fk->st.used_nonces, nonce, nonce_len) != NULL)
-            nk = NONCE_CONSUMED;
+        /* A used single-use nonce is refused below, after an api_request_key replay had its
+         * chance: a retry of the very request that used it must get its transaction back. */
+        used = nk == NONCE_SINGLE_USE && fk_map_get(&fk->st.used_nonces, nonce, nonce_len) != NULL;
         if (nk == NONCE_UNKNOWN)
             err_add(&errs, NULL, "91565", "payment_method_nonce",
                     "Unknown or expired payment_method_nonce.");
@@ -1161,6 +1170,11 @@ static int gw_sale(lim_fake_bt_t *fk, fk_xw_t *w, const fk_doc_t *doc)
         return rc;
     if (replay != NULL)
         return write_created(fk, w, replay, doc);
+    if (used) {
+        err_add(&errs, NULL, "91564", "payment_method_nonce",
+                "Cannot use a payment_method_nonce more than once.");
+        return write_validation(fk, w, &errs, doc);
+    }
 
     now_msec = now_ms();
     now = now_msec / 1000;
@@ -1192,7 +1206,7 @@ static int gw_sale(lim_fake_bt_t *fk, fk_xw_t *w, const fk_doc_t *doc)
     rc = index_order(fk, t);
     if (rc == 0)
         rc = remember_key(fk, key, key_len, fp.h, t);
-    if (rc == 0 && nk == NONCE_SINGLE_USE && txn_success(t)) {
+    if (rc == 0 && nk == NONCE_SINGLE_USE) {
         char *n = fk_arena_strndup(&fk->st.arena, nonce, nonce_len);
         rc = n != NULL ? fk_map_put(&fk->st.used_nonces, n, nonce_len, (void *) 1) : UV_ENOMEM;
     }

@@ -39,6 +39,9 @@ void fk_arena_free(fk_arena_t *a);
 
 /* ---- hash map: string key -> pointer, open addressing, no deletion ------------------------ */
 
+/* Growing moves the entries over a little at every insertion (as Redis's dict does), so no
+ * single request pays for rehashing a million entries. */
+
 typedef struct fk_slot_s {
     uint64_t hash;
     const char *key; /* NULL: empty slot; owned by the caller (arena) */
@@ -47,9 +50,12 @@ typedef struct fk_slot_s {
 } fk_slot_t;
 
 typedef struct fk_map_s {
-    fk_slot_t *slots;
-    size_t cap; /* power of two, or 0 */
-    size_t n;
+    fk_slot_t *slots; /* the table (the new, bigger one while a resize is under way) */
+    size_t cap;       /* power of two, or 0 */
+    size_t n;         /* keys stored */
+    fk_slot_t *old;   /* the previous table while its entries move over, else NULL */
+    size_t old_cap;
+    size_t moved; /* old slots moved so far */
 } fk_map_t;
 
 uint64_t fk_hash(const void *data, size_t len);

@@ -3,6 +3,7 @@
  * reset, a string-keyed open-addressing hash map, a PRNG, transaction ids, Braintree amount
  * parsing, times and base64.
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,78 +89,94 @@ uint64_t fk_hash(const void *data, size_t len)
     return h;
 }
 
+static fk_slot_t *probe(fk_slot_t *slots, size_t cap, uint64_t h, const char *key, size_t len)
+{
+    size_t mask = cap - 1;
+
+    for (size_t i = (size_t) h & mask;; i = (i + 1) & mask) {
+        fk_slot_t *s = &slots[i];
+        if (s->key == NULL || (s->hash == h && s->klen == len && memcmp(s->key, key, len) == 0))
+            return s; /* the key's slot, or the empty slot where it would go */
+    }
+}
+
 void *fk_map_get(const fk_map_t *m, const char *key, size_t len)
 {
     uint64_t h;
-    size_t mask, i;
+    fk_slot_t *s;
 
     if (m->cap == 0)
         return NULL;
     h = fk_hash(key, len);
-    mask = m->cap - 1;
-    for (i = (size_t) h & mask;; i = (i + 1) & mask) {
-        const fk_slot_t *s = &m->slots[i];
-        if (s->key == NULL)
-            return NULL;
-        if (s->hash == h && s->klen == len && memcmp(s->key, key, len) == 0)
+    s = probe(m->slots, m->cap, h, key, len);
+    if (s->key != NULL)
+        return s->val;
+    if (m->old != NULL) {
+        s = probe(m->old, m->old_cap, h, key, len);
+        if (s->key != NULL)
             return s->val;
     }
+    return NULL;
 }
 
-static void slot_insert(fk_slot_t *slots, size_t cap, const fk_slot_t *e)
+/* Move up to `k` slots of the old table into the new one (unless the new one already has the
+ * key: it was set again since). Entries stay in the old table until it is freed, so its probe
+ * chains stay intact for lookups meanwhile. */
+static void migrate(fk_map_t *m, size_t k)
 {
-    size_t mask = cap - 1;
-    size_t i = (size_t) e->hash & mask;
-
-    while (slots[i].key != NULL)
-        i = (i + 1) & mask;
-    slots[i] = *e;
-}
-
-static int map_grow(fk_map_t *m)
-{
-    size_t cap = m->cap != 0 ? m->cap * 2 : 64;
-    fk_slot_t *slots = calloc(cap, sizeof(*slots));
-
-    if (slots == NULL)
-        return UV_ENOMEM;
-    for (size_t i = 0; i < m->cap; i++)
-        if (m->slots[i].key != NULL)
-            slot_insert(slots, cap, &m->slots[i]);
-    free(m->slots);
-    m->slots = slots;
-    m->cap = cap;
-    return 0;
+    while (m->old != NULL && k-- > 0) {
+        const fk_slot_t *o = &m->old[m->moved++];
+        if (o->key != NULL) {
+            fk_slot_t *s = probe(m->slots, m->cap, o->hash, o->key, o->klen);
+            if (s->key == NULL)
+                *s = *o;
+        }
+        if (m->moved == m->old_cap) {
+            free(m->old);
+            m->old = NULL;
+            m->old_cap = m->moved = 0;
+        }
+    }
 }
 
 int fk_map_put(fk_map_t *m, const char *key, size_t len, void *val)
 {
     uint64_t h = fk_hash(key, len);
-    size_t mask, i;
+    fk_slot_t *s;
 
+    migrate(m, 64);
     /* Keep the load under 3/4 so probes stay short. */
-    if ((m->n + 1) * 4 > m->cap * 3 && map_grow(m) != 0)
-        return UV_ENOMEM;
-    mask = m->cap - 1;
-    for (i = (size_t) h & mask;; i = (i + 1) & mask) {
-        fk_slot_t *s = &m->slots[i];
-        if (s->key == NULL) {
-            *s = (fk_slot_t){.hash = h, .key = key, .klen = len, .val = val};
-            m->n++;
-            return 0;
-        }
-        if (s->hash == h && s->klen == len && memcmp(s->key, key, len) == 0) {
-            s->val = val;
-            return 0;
-        }
+    if ((m->n + 1) * 4 > m->cap * 3) {
+        size_t cap = m->cap != 0 ? m->cap * 2 : 64;
+        fk_slot_t *slots;
+        migrate(m, SIZE_MAX); /* only if insertions outran the moving: never in practice */
+        slots = calloc(cap, sizeof(*slots));
+        if (slots == NULL)
+            return UV_ENOMEM;
+        m->old = m->slots;
+        m->old_cap = m->cap;
+        m->moved = 0;
+        m->slots = slots;
+        m->cap = cap;
+        if (m->old == NULL)
+            m->old_cap = 0;
     }
+    s = probe(m->slots, m->cap, h, key, len);
+    if (s->key != NULL) {
+        s->val = val;
+        return 0;
+    }
+    *s = (fk_slot_t){.hash = h, .key = key, .klen = len, .val = val};
+    if (m->old == NULL || probe(m->old, m->old_cap, h, key, len)->key == NULL)
+        m->n++; /* a new key, not one still waiting in the old table */
+    return 0;
 }
 
 void fk_map_free(fk_map_t *m)
 {
     free(m->slots);
-    m->slots = NULL;
-    m->cap = m->n = 0;
+    free(m->old);
+    memset(m, 0, sizeof(*m));
 }
 
 /* ---- PRNG and ids -------------------------------------------------------------------------- */
