@@ -6,8 +6,9 @@
 #   scripts/stack.sh status PROFILE   exit 0 when both run, 3 otherwise
 #   scripts/stack.sh env    PROFILE   print `export DATABASE_URL=...` / `export REDIS_URL=...`
 #
-# Profiles: dev (PostgreSQL 54329, Redis 63799) and test (54339, 63809), so a running dev
-# stack and the test suite can coexist. State lives in .local/PROFILE/ (git-ignored).
+# Profiles: dev (PostgreSQL 54329, Redis 63799), test (54339, 63809) and bench (54349, 63819,
+# used by the bench/ scripts), so a running dev stack, the test suite and a benchmark can
+# coexist. State lives in .local/PROFILE/ (git-ignored).
 #
 # PostgreSQL refuses to run as root: as root it runs as the `postgres` user (runuser). If
 # `postgres` cannot enter the checkout (e.g. a clone under /root, mode 700), its files go to
@@ -25,7 +26,7 @@ die() {
 
 usage() {
     cat <<EOF
-usage: $PROG start|stop|status|env dev|test
+usage: $PROG start|stop|status|env dev|test|bench
   start   start PostgreSQL and Redis for the profile (no-op for parts already running)
   stop    stop them
   status  report; exit 0 when both run, 3 otherwise
@@ -49,8 +50,9 @@ PROFILE=$2
 case $PROFILE in
     dev) PG_PORT=54329 REDIS_PORT=63799 ;;
     test) PG_PORT=54339 REDIS_PORT=63809 ;;
+    bench) PG_PORT=54349 REDIS_PORT=63819 ;;
     *)
-        warn "unknown profile '$PROFILE' (expected dev or test)"
+        warn "unknown profile '$PROFILE' (expected dev, test or bench)"
         usage >&2
         exit 2
         ;;
