@@ -28,11 +28,12 @@
 # Goals: at 0 ms, loads/s >= GOAL0 (0.60) x pgbench tps; at 200 ms, loads/s >= GOAL200 (0.85) x
 # min(1000 / 0.2 s = 5000/s, pgbench tps).
 #
-# Environment: DURATION (10s), WARMUP (3s), CASES ("0:64 200:1000"), PGBENCH_CONNS (64), ROUNDS
-# (1), USERS (20000), KEYSET (all; cached: only users with distinct auth-cache slots), AMOUNT
-# (0.01), GOAL0 (0.60), GOAL200 (0.85), OUR_PORT (18084), FAKE_PORT (18094), SERVER_CPU (0),
-# CLIENT_CPU (1), PG_CPU, WAIT_IDLE (60), NOISE_MAX (5), RETRY_NOISY (2), and the server's own
-# settings from the environment (AUTH_CACHE_TTL, DATABASE_POOL_SIZE, ...).
+# Environment: DURATION (10s), WARMUP (3s), CASES ("0:64 200:1000"), PGBENCH_CONNS (64),
+# EXTRA_PGBENCH_CONNS ("16", information only: the server's pool size), ROUNDS (1), USERS
+# (20000), KEYSET (all; cached: only users with distinct auth-cache slots), AMOUNT (0.01), GOAL0
+# (0.60), GOAL200 (0.85), OUR_PORT (18084), FAKE_PORT (18094), SERVER_CPU (0), CLIENT_CPU (1),
+# PG_CPU, REDIS_CPU (SERVER_CPU or all), WAIT_IDLE (60), NOISE_MAX (5), RETRY_NOISY (2), and the
+# server's own settings from the environment (AUTH_CACHE_TTL, DATABASE_POOL_SIZE, ...).
 # Exit status: 0 goals met, 1 a goal missed or errors, 2 setup failure, 3 inconclusive (noisy).
 # Only 127.0.0.1 is used. Everything started here is stopped on exit (trap).
 # shellcheck source-path=SCRIPTDIR/.. disable=SC2317,SC2016
@@ -53,6 +54,7 @@ KEYSET=${KEYSET:-all}
 AMOUNT=${AMOUNT:-0.01}
 GOAL0=${GOAL0:-0.60}
 GOAL200=${GOAL200:-0.85}
+EXTRA_PGBENCH_CONNS=${EXTRA_PGBENCH_CONNS-16}
 
 stack_parse_args "$@"
 stack_prepare loads
@@ -99,8 +101,9 @@ wrk_fn() {
     CMD=(env SCENARIO=load AMOUNT="$AMOUNT" KEYS_FILE="$OUT/wrk-keys.txt" OFFSET="$OFFSET" "${CMD[@]}")
 }
 OFFSET=0
+PGB_CONNS=$PGBENCH_CONNS
 pgbench_fn() {
-    mapfile -t CMD < <(pgbench_cmd "$PGBENCH_CONNS" "$1" "$OUT/load.sql" "${PGB_VARS[@]}")
+    mapfile -t CMD < <(pgbench_cmd "$PGB_CONNS" "$1" "$OUT/load.sql" "${PGB_VARS[@]}")
 }
 
 quiet=1
@@ -159,8 +162,14 @@ for ((r = 1; r <= ROUNDS; r++)); do
         OFFSET=$((RANDOM % ACTIVE))
         measure_side "$RUNS" "case=$name side=limits conns=$WRK_CONNS round=$r goal=$goal" \
             "limits-$name-r$r" wrk_fn
+        PGB_CONNS=$PGBENCH_CONNS
         measure_side "$RUNS" "case=$name side=pgbench conns=$PGBENCH_CONNS round=$r goal=baseline" \
             "pgbench-$name-r$r" pgbench_fn
+        for c in $EXTRA_PGBENCH_CONNS; do
+            PGB_CONNS=$c
+            measure_side "$RUNS" "case=$name side=pgbench conns=$c round=$r goal=info" \
+                "pgbench-$name-c$c-r$r" pgbench_fn
+        done
         printf -- '- %s round %s: loads in the ledger after the case (status|count): %s\n' "$name" "$r" \
             "$(psql_bench -Atc "SELECT status, count(*) FROM loads GROUP BY 1 ORDER BY 1" | tr '\n' ' ')" \
             >>"$OUT/warmups.md"
