@@ -49,8 +49,8 @@ struct creq_s {
     lim_buf_t resp;
     size_t body_len;
     int too_big;
-    int no_resend;  /* not GET: libcurl must never send it a second time */
-    int attempts;   /* times libcurl was about to send it */
+    int no_resend; /* not GET: libcurl must never send it a second time */
+    int attempts;  /* times libcurl was about to send it */
     lim_curl_cb cb;
     void *arg;
     uint64_t start_ns;

@@ -16,10 +16,10 @@ struct lim_reconciler_s {
     lim_limiter_t *limiter;
     lim_reconcile_opts_t opts;
     uv_timer_t timer;
-    int running;         /* a pass is in progress */
-    unsigned voids;      /* void calls in flight */
+    int running;    /* a pass is in progress */
+    unsigned voids; /* void calls in flight */
     int closing;
-    lim_load_t *batch;   /* the claimed loads of this round */
+    lim_load_t *batch; /* the claimed loads of this round */
     size_t n_batch, next;
     lim_reconcile_stats_t st;
     lim_reconcile_done_cb done_cb; /* lim_reconcile_run's caller */
@@ -222,9 +222,8 @@ static void on_claimed(int status, const lim_load_t *loads, size_t n, void *arg)
 
 static void claim(lim_reconciler_t *r)
 {
-    if (r->bt == NULL ||
-        lim_store_reconcile_claim(r->store, r->opts.grace_ms, r->opts.lease_ms, r->opts.batch,
-                                  on_claimed, r) != 0) {
+    if (r->bt == NULL || lim_store_reconcile_claim(r->store, r->opts.grace_ms, r->opts.lease_ms,
+                                                   r->opts.batch, on_claimed, r) != 0) {
         if (r->bt != NULL)
             r->st.errors++;
         pass_end(r);

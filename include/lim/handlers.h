@@ -12,14 +12,14 @@
 LIM_MUSTCHECK int lim_home_render(lim_home_t *home);
 void lim_home_free(lim_home_t *home);
 
-void lim_handle_home(lim_req_t *req);       /* GET / and /index.html */
-void lim_handle_healthz(lim_req_t *req);    /* GET /healthz */
-void lim_handle_readyz(lim_req_t *req);     /* GET /readyz */
-void lim_handle_cards_list(lim_req_t *req); /* GET /cards/ */
-void lim_handle_card_get(lim_req_t *req);   /* GET /cards/{id}/ */
-void lim_handle_tokens(lim_req_t *req);     /* POST /tokens/ */
-void lim_handle_card_load(lim_req_t *req);  /* POST /cards/{id}/load/ */
-void lim_handle_card_loads(lim_req_t *req); /* GET /cards/{id}/loads/ */
+void lim_handle_home(lim_req_t *req);          /* GET / and /index.html */
+void lim_handle_healthz(lim_req_t *req);       /* GET /healthz */
+void lim_handle_readyz(lim_req_t *req);        /* GET /readyz */
+void lim_handle_cards_list(lim_req_t *req);    /* GET /cards/ */
+void lim_handle_card_get(lim_req_t *req);      /* GET /cards/{id}/ */
+void lim_handle_tokens(lim_req_t *req);        /* POST /tokens/ */
+void lim_handle_card_load(lim_req_t *req);     /* POST /cards/{id}/load/ */
+void lim_handle_card_loads(lim_req_t *req);    /* GET /cards/{id}/loads/ */
 void lim_handle_card_load_get(lim_req_t *req); /* GET /cards/{id}/loads/{load_id}/ */
 void lim_handle_openapi(lim_req_t *req);       /* GET /openapi.json */
 

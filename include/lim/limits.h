@@ -58,9 +58,9 @@ LIM_MUSTCHECK int lim_limits_new(lim_redis_t *redis, lim_store_t *store, lim_lim
 void lim_limits_free(lim_limiter_t *lm);
 
 /** Decide and reserve (see above). */
-void lim_limits_reserve(lim_limiter_t *lm, int64_t user_id, int64_t card_id,
-                        const char *order_id, lim_money_t amount_minor,
-                        const lim_limits_t *limits, lim_limits_cb cb, void *arg);
+void lim_limits_reserve(lim_limiter_t *lm, int64_t user_id, int64_t card_id, const char *order_id,
+                        lim_money_t amount_minor, const lim_limits_t *limits, lim_limits_cb cb,
+                        void *arg);
 
 /**
  * The load's outcome: "succeeded" commits the reservation (the card's balance grows),

@@ -47,10 +47,10 @@ typedef struct lim_loadreq_error_s {
 } lim_loadreq_error_t;
 
 typedef struct lim_loadreq_s {
-    lim_money_t amount_minor;               /* valid when n_errors == 0 */
-    char nonce[LIM_LOADREQ_NONCE_MAX + 1];  /* NUL-terminated, valid when n_errors == 0 */
+    lim_money_t amount_minor;              /* valid when n_errors == 0 */
+    char nonce[LIM_LOADREQ_NONCE_MAX + 1]; /* NUL-terminated, valid when n_errors == 0 */
     lim_loadreq_error_t errors[LIM_LOADREQ_MAX_ERRORS];
-    unsigned n_errors;                      /* 0: the request is valid */
+    unsigned n_errors; /* 0: the request is valid */
 } lim_loadreq_t;
 
 /**

@@ -31,20 +31,20 @@
 typedef struct lim_reconciler_s lim_reconciler_t;
 
 typedef struct lim_reconcile_opts_s {
-    uint64_t grace_ms;     /* only loads older than this; default 60 s */
-    uint64_t interval_ms;  /* between passes inside serve; default 10 s */
-    uint64_t lease_ms;     /* how long a claim lasts; default 60 s */
-    uint64_t idem_ttl_ms;  /* Idempotency-Keys kept this long; default 24 h */
-    unsigned batch;        /* loads claimed at a time; default 32 */
+    uint64_t grace_ms;    /* only loads older than this; default 60 s */
+    uint64_t interval_ms; /* between passes inside serve; default 10 s */
+    uint64_t lease_ms;    /* how long a claim lasts; default 60 s */
+    uint64_t idem_ttl_ms; /* Idempotency-Keys kept this long; default 24 h */
+    unsigned batch;       /* loads claimed at a time; default 32 */
 } lim_reconcile_opts_t;
 
 typedef struct lim_reconcile_stats_s {
     uint64_t passes;
-    uint64_t examined;  /* loads looked up */
-    uint64_t credited;  /* charged: succeeded and credited by reconciliation */
-    uint64_t failed;    /* not charged: failed, reservation released */
-    uint64_t deferred;  /* left for later (gateway or database unavailable) */
-    uint64_t voided;    /* extra charges with the same order id, voided */
+    uint64_t examined; /* loads looked up */
+    uint64_t credited; /* charged: succeeded and credited by reconciliation */
+    uint64_t failed;   /* not charged: failed, reservation released */
+    uint64_t deferred; /* left for later (gateway or database unavailable) */
+    uint64_t voided;   /* extra charges with the same order id, voided */
     uint64_t errors;
 } lim_reconcile_stats_t;
 

@@ -25,8 +25,9 @@
  * eval may take up to twice command_timeout_ms. hiredis 0.14 writes with write(2): the driver
  * sets SIGPIPE to ignored if it is still at its default (a process-wide effect).
  *
- * REDIS_URL is redis://HOST[:PORT][/DB] (port 6379, db 0 by default) with HOST an IP literal (hiredis resolves names with a
- * blocking getaddrinfo, which must not run on the loop), or unix:///path/to/socket[?db=N].
+ * REDIS_URL is redis://HOST[:PORT][/DB] (port 6379, db 0 by default) with HOST an IP literal
+ * (hiredis resolves names with a blocking getaddrinfo, which must not run on the loop), or
+ * unix:///path/to/socket[?db=N].
  *
  * Async contract (c-style-anchors.md §C.3 rule 4): a non-zero return means the callback never
  * runs; zero means it runs exactly once, never before the call returns. The reply is valid
@@ -83,8 +84,7 @@ void lim_redis_opts_defaults(lim_redis_opts_t *opts);
  * Create the client and start connecting in the background.
  * @return 0 and *out, UV_EINVAL (bad URL or a host name), UV_ENOMEM.
  */
-LIM_MUSTCHECK int lim_redis_new(uv_loop_t *loop, const lim_redis_opts_t *opts,
-                                lim_redis_t **out);
+LIM_MUSTCHECK int lim_redis_new(uv_loop_t *loop, const lim_redis_opts_t *opts, lim_redis_t **out);
 
 /**
  * Send a command given as binary-safe arguments (never formatted from user data).
