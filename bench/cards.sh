@@ -16,8 +16,8 @@
 # Environment: DURATION (10s), WARMUP (3s), CONNS (64), ROUNDS (1), USERS (2000),
 # CARDS_PER_USER (2), SEED_LOADS (5), KEYSET (cached), GOAL (0.60), EXTRA_PGBENCH_CONNS ("16",
 # information only: the server's pool size), OUR_PORT (18084), SERVER_CPU (0), CLIENT_CPU (1),
-# PG_CPU, REDIS_CPU (SERVER_CPU; a CPU or all), WAIT_IDLE (60), NOISE_MAX (5), RETRY_NOISY (2), and the server's
-# own settings from the environment (DATABASE_POOL_SIZE, AUTH_CACHE_TTL, ...).
+# PG_CPU and REDIS_CPU (SERVER_CPU; a CPU or all), WAIT_IDLE (60), NOISE_MAX (5), RETRY_NOISY
+# (2), and the server's own settings from the environment (DATABASE_POOL_SIZE, ...).
 # Exit status: 0 goal met, 1 goal missed or errors, 2 setup failure, 3 inconclusive (noisy).
 # Only 127.0.0.1 is used. Everything started here is stopped on exit (trap).
 # shellcheck source-path=SCRIPTDIR/.. disable=SC2317,SC2016
@@ -69,7 +69,7 @@ log "wrk rotates over $ACTIVE users ($(wc -l <"$OUT/wrk-keys.txt") cards); pgben
 # ---- server ----------------------------------------------------------------------------------
 start_server
 pin_stack
-read -r key user card <"$OUT/wrk-keys.txt"
+read -r key _ card <"$OUT/wrk-keys.txt"
 code=$(curl -s --noproxy '*' -o "$OUT/check-card.json" -w '%{http_code}' -H "Authorization: Bearer $key" \
     "http://127.0.0.1:$OUR_PORT/cards/$card/")
 [[ $code == 200 ]] || die "GET /cards/$card/ answered $code (see $OUT/check-card.json)"

@@ -190,8 +190,9 @@ print(len({l.split()[1] for l in out}))
 EOF
 }
 
-# start_server ENV...: limits serve on 127.0.0.1:OUR_PORT pinned to SERVER_CPU, against the
+# start_server [NAME=value...]: limits serve on 127.0.0.1:OUR_PORT pinned to SERVER_CPU, against the
 # bench stack, with extra settings given as NAME=value arguments.
+# shellcheck disable=SC2120 # the settings are optional
 start_server() {
     port_free "$OUR_PORT"
     log "starting limits on 127.0.0.1:$OUR_PORT (CPU $SERVER_CPU)"
@@ -576,5 +577,5 @@ PY
         2>"$outfile.stderr" || true
     summary=$(sort "$outfile" | uniq -c | awk '{ printf " %s=%s", $2, $1 }')
     echo "$(wc -l <"$outfile") answers:$summary"
-    [[ -z $(grep -v '^200$' "$outfile") && $(wc -l <"$outfile") -eq $(wc -l <"$keys") ]]
+    ! grep -qv '^200$' "$outfile" && [[ $(wc -l <"$outfile") -eq $(wc -l <"$keys") ]]
 }

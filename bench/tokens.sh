@@ -20,8 +20,8 @@
 #
 # Environment: DURATION (10s), WARMUP (3s), CONNS ("50 1000"), LATENCIES ("0 200", ms), ROUNDS
 # (1), USERS (5000), KEYSET (cached), GOAL (0.90), OUR_PORT (18084), FAKE_PORT (18094),
-# SERVER_CPU (0), CLIENT_CPU (1), PG_CPU, REDIS_CPU, WAIT_IDLE (60), NOISE_MAX (5), RETRY_NOISY (2), and the
-# server's own settings from the environment.
+# SERVER_CPU (0), CLIENT_CPU (1), PG_CPU, REDIS_CPU, WAIT_IDLE (60), NOISE_MAX (5),
+# RETRY_NOISY (2), and the server's own settings from the environment.
 # Exit status: 0 goal met, 1 goal missed or errors, 2 setup failure, 3 inconclusive (noisy).
 # Only 127.0.0.1 is used. Everything started here is stopped on exit (trap).
 # shellcheck source-path=SCRIPTDIR/.. disable=SC2317,SC2016
