@@ -12,6 +12,7 @@ PACKAGES=(
     postgresql redis-server
     clang clang-format libclang-rt-14-dev
     nginx-light wrk
+    prometheus
     iproute2 procps psmisc
 )
 

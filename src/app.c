@@ -5,10 +5,12 @@
  * order and closed in the reverse one, each close starting from the previous one's callback,
  * so nothing is released while something else can still call into it (c-style-anchors §D(e)).
  */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "lim/app.h"
@@ -18,6 +20,8 @@
 #include "lim/handlers.h"
 #include "lim/limits.h"
 #include "lim/log.h"
+#include "lim/metrics.h"
+#include "lim/pg.h"
 #include "lim/reconcile.h"
 #include "lim/redis.h"
 
@@ -28,6 +32,7 @@ static const lim_route_t app_routes[] = {
     {LIM_METHOD_GET, "/healthz", lim_handle_healthz, "healthz"},
     {LIM_METHOD_GET, "/readyz", lim_handle_readyz, "readyz"},
     {LIM_METHOD_GET, "/openapi.json", lim_handle_openapi, "openapi"},
+    {LIM_METHOD_GET, "/metrics", lim_handle_metrics, "metrics"},
     {LIM_METHOD_POST, "/tokens/", lim_handle_tokens, "tokens"},
     {LIM_METHOD_GET, "/cards/", lim_handle_cards_list, "cards_list"},
     {LIM_METHOD_GET, "/cards/{id}/", lim_handle_card_get, "card_get"},
@@ -256,7 +261,7 @@ static void on_handle_closed(uv_handle_t *h)
 static void app_close_handles(lim_app_t *app)
 {
     uv_handle_t *hs[] = {(uv_handle_t *) &app->sig_int, (uv_handle_t *) &app->sig_term,
-                         (uv_handle_t *) &app->stop_timer};
+                         (uv_handle_t *) &app->stop_timer, (uv_handle_t *) &app->metrics_timer};
 
     for (size_t i = 0; i < LIM_ARRAY_SIZE(hs); i++)
         if (!uv_is_closing(hs[i]))
@@ -336,10 +341,78 @@ static void app_handles_init(lim_app_t *app, uv_loop_t *loop)
     uv_signal_init(loop, &app->sig_int);
     uv_signal_init(loop, &app->sig_term);
     uv_timer_init(loop, &app->stop_timer);
+    uv_timer_init(loop, &app->metrics_timer);
     app->sig_int.data = app->sig_term.data = app;
 }
 
-int lim_app_start(lim_app_t *app, uv_loop_t *loop, const lim_config_t *cfg)
+/* ---- metrics ------------------------------------------------------------------------------- */
+
+void lim_app_publish_metrics(lim_app_t *app)
+{
+    lim_metrics_sample_t s;
+    lim_server_stats_t sv;
+    lim_pg_stats_t pg;
+    lim_redis_stats_t rd;
+    lim_limits_stats_t lm;
+    lim_reconcile_stats_t rc;
+
+    if (!lim_metrics_enabled())
+        return;
+    memset(&s, 0, sizeof(s));
+    if (app->server != NULL) {
+        lim_server_stats(app->server, &sv);
+        s.conns_open = sv.open;
+        s.conns_accepted = sv.accepted;
+    }
+    if (app->store != NULL) {
+        lim_pg_stats(lim_store_pool(app->store), &pg);
+        s.pg_size = pg.size;
+        s.pg_ready = pg.ready;
+        s.pg_busy = pg.busy;
+        s.pg_queued = pg.queued;
+        s.pg_queries = pg.queries;
+        s.pg_errors = pg.errors;
+        s.pg_timeouts = pg.timeouts;
+        s.pg_rejected = pg.rejected;
+        s.pg_reconnects = pg.reconnects;
+        s.pg_broken = pg.broken;
+    }
+    if (app->redis != NULL) {
+        lim_redis_stats(app->redis, &rd);
+        s.redis_up = (uint64_t) rd.up;
+        s.redis_commands = rd.commands;
+        s.redis_errors = rd.errors;
+        s.redis_timeouts = rd.timeouts;
+        s.redis_rejected = rd.rejected;
+        s.redis_reconnects = rd.reconnects;
+        s.redis_disconnects = rd.disconnects;
+    }
+    if (app->limits != NULL) {
+        lim_limits_stats(app->limits, &lm);
+        s.limiter_reserved = lm.reserved;
+        s.limiter_refused = lm.refused;
+        s.limiter_skipped = lm.skipped;
+        s.limiter_rebuilds = lm.rebuilds;
+    }
+    if (app->reconciler != NULL) {
+        lim_reconcile_stats(app->reconciler, &rc);
+        s.rec_passes = rc.passes;
+        s.rec_examined = rc.examined;
+        s.rec_credited = rc.credited;
+        s.rec_failed = rc.failed;
+        s.rec_deferred = rc.deferred;
+        s.rec_voided = rc.voided;
+        s.rec_errors = rc.errors;
+    }
+    lim_metrics_publish(&s);
+}
+
+static void on_metrics_timer(uv_timer_t *t)
+{
+    lim_app_publish_metrics(lim_container_of(t, lim_app_t, metrics_timer));
+}
+
+static int app_start(lim_app_t *app, uv_loop_t *loop, const lim_config_t *cfg, int listen_fd)
 {
     int rc;
 
@@ -363,7 +436,10 @@ int lim_app_start(lim_app_t *app, uv_loop_t *loop, const lim_config_t *cfg)
     rc = lim_server_new(loop, cfg, app->router, app, &app->server);
     if (rc != 0)
         goto fail_services;
-    rc = lim_server_listen(app->server, cfg->listen);
+    if (listen_fd >= 0)
+        rc = lim_server_open(app->server, listen_fd);
+    else
+        rc = lim_server_listen(app->server, cfg->listen);
     if (rc != 0) {
         lim_log_error("cannot listen on %s: %s", cfg->listen, uv_strerror(rc));
         goto fail_server;
@@ -371,6 +447,10 @@ int lim_app_start(lim_app_t *app, uv_loop_t *loop, const lim_config_t *cfg)
     uv_signal_start(&app->sig_int, on_signal, SIGINT);
     uv_signal_start(&app->sig_term, on_signal, SIGTERM);
     lim_reconcile_start(app->reconciler);
+    if (lim_metrics_enabled()) {
+        lim_app_publish_metrics(app);
+        uv_timer_start(&app->metrics_timer, on_metrics_timer, 1000, 1000);
+    }
     lim_log_kv(LIM_LOG_INFO, "listening",
                (lim_log_field_t[]){LIM_LOG_S("listen", cfg->listen),
                                    LIM_LOG_I("port", lim_server_port(app->server)),
@@ -398,6 +478,16 @@ fail_handles:
     return rc;
 }
 
+int lim_app_start(lim_app_t *app, uv_loop_t *loop, const lim_config_t *cfg)
+{
+    return app_start(app, loop, cfg, -1);
+}
+
+int lim_app_start_fd(lim_app_t *app, uv_loop_t *loop, const lim_config_t *cfg, int listen_fd)
+{
+    return listen_fd < 0 ? UV_EINVAL : app_start(app, loop, cfg, listen_fd);
+}
+
 void lim_app_free(lim_app_t *app)
 {
     lim_server_free(app->server);
@@ -407,7 +497,8 @@ void lim_app_free(lim_app_t *app)
     app->router = NULL;
 }
 
-int lim_app_serve(const lim_config_t *cfg)
+/* Serve on listen_fd (or cfg->listen when -1) until stopped; tell ready_fd once listening. */
+static int app_serve(const lim_config_t *cfg, int listen_fd, int ready_fd)
 {
     uv_loop_t loop;
     lim_app_t app;
@@ -420,10 +511,17 @@ int lim_app_serve(const lim_config_t *cfg)
         lim_log_error("uv_loop_init: %s", uv_strerror(rc));
         return 1;
     }
-    rc = lim_app_start(&app, &loop, cfg);
+    rc = app_start(&app, &loop, cfg, listen_fd);
     if (rc != 0) {
         (void) uv_loop_close(&loop);
         return 1;
+    }
+    if (ready_fd >= 0) {
+        ssize_t n;
+        do
+            n = write(ready_fd, "r", 1);
+        while (n < 0 && errno == EINTR);
+        close(ready_fd);
     }
     uv_run(&loop, UV_RUN_DEFAULT);
     lim_app_free(&app);
@@ -433,6 +531,29 @@ int lim_app_serve(const lim_config_t *cfg)
         return 1;
     }
     return app.exit_code;
+}
+
+int lim_app_serve(const lim_config_t *cfg)
+{
+    lim_metrics_region_t *region = NULL;
+    int rc;
+
+    /* One slot of the same shared layout the workers use; without it /metrics still answers. */
+    if (lim_metrics_region_new(1, (uint64_t) time(NULL), &region) == 0)
+        lim_metrics_setup(region, 0, app_routes, LIM_ARRAY_SIZE(app_routes));
+    else
+        lim_log_warn("cannot map the metrics region: /metrics will answer 503");
+    rc = app_serve(cfg, -1, -1);
+    lim_metrics_region_free(region);
+    return rc;
+}
+
+int lim_app_serve_worker(const lim_config_t *cfg, int listen_fd, lim_metrics_region_t *region,
+                         unsigned worker, int ready_fd)
+{
+    lim_metrics_setup(region, worker, app_routes, LIM_ARRAY_SIZE(app_routes));
+    lim_log_set_worker((int) worker);
+    return app_serve(cfg, listen_fd, ready_fd);
 }
 
 /* ---- reconcile ------------------------------------------------------------------------------ */

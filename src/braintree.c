@@ -14,6 +14,7 @@
 #include "lim/braintree.h"
 #include "lim/buf.h"
 #include "lim/log.h"
+#include "lim/metrics.h"
 #include "lim/money.h"
 
 #define MAX_DEPTH   32
@@ -493,9 +494,30 @@ static int moves_money(call_kind_t k)
     return k == CALL_SALE || k == CALL_VOID;
 }
 
+static lim_m_bt_op_t metric_op(call_kind_t k)
+{
+    switch (k) {
+    case CALL_TOKEN:
+        return LIM_M_BT_CLIENT_TOKEN;
+    case CALL_CUSTOMER:
+        return LIM_M_BT_CUSTOMER_CREATE;
+    case CALL_SALE:
+        return LIM_M_BT_SALE;
+    case CALL_FIND:
+        return LIM_M_BT_FIND;
+    case CALL_VOID:
+        return LIM_M_BT_VOID;
+    default:
+        return LIM_M_BT_SEARCH;
+    }
+}
+
 static void call_done(call_t *c, lim_bt_result_t *r)
 {
-    r->elapsed_us = (uv_hrtime() - c->start_ns) / 1000;
+    uint64_t dur_ns = uv_hrtime() - c->start_ns;
+
+    r->elapsed_us = dur_ns / 1000;
+    lim_metrics_bt(metric_op(c->kind), (int) r->outcome, dur_ns);
     if (r->outcome != LIM_BT_OK && r->outcome != LIM_BT_REFUSED)
         lim_log_kv(LIM_LOG_WARN, "braintree call failed",
                    (lim_log_field_t[]){LIM_LOG_S("call", parse_kind(c->kind)),

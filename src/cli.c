@@ -1,6 +1,7 @@
 /*
  * cli.c: argument parsing and command dispatch for the `limits` binary.
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 #include "lim/config.h"
 #include "lim/log.h"
 #include "lim/store.h"
+#include "lim/workers.h"
 #include <uv.h>
 
 typedef struct command_s {
@@ -20,11 +22,42 @@ typedef struct command_s {
     int (*run)(const lim_config_t *cfg, int argc, char **argv);
 } command_t;
 
+/* `serve [--workers N]`: *workers is N, or -1 when not given. @return 0, or -1 (said why). */
+static int serve_args(int argc, char **argv, long *workers)
+{
+    *workers = -1;
+    for (int i = 1; i < argc; i++) {
+        const char *v = NULL;
+        char *end;
+
+        if (strcmp(argv[i], "--workers") == 0 && i + 1 < argc)
+            v = argv[++i];
+        else if (strncmp(argv[i], "--workers=", 10) == 0)
+            v = argv[i] + 10;
+        if (v == NULL) {
+            fprintf(stderr, "limits serve: unexpected argument \"%s\"\n", argv[i]);
+            return -1;
+        }
+        errno = 0;
+        *workers = strtol(v, &end, 10);
+        if (*v == '\0' || *end != '\0' || errno != 0 || *workers < 1 ||
+            *workers > LIM_WORKERS_MAX) {
+            fprintf(stderr, "limits serve: --workers: expected a number from 1 to %d, got \"%s\"\n",
+                    LIM_WORKERS_MAX, v);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int cmd_serve(const lim_config_t *cfg, int argc, char **argv)
 {
-    (void) argc;
-    (void) argv;
-    return lim_app_serve(cfg);
+    long n;
+
+    if (serve_args(argc, argv, &n) != 0)
+        return 2;
+    n = lim_workers_count(n > 0 ? (unsigned) n : cfg->workers);
+    return n == 1 ? lim_app_serve(cfg) : lim_workers_serve(cfg, (unsigned) n);
 }
 
 static int cmd_initdb(const lim_config_t *cfg, int argc, char **argv)
@@ -405,11 +438,16 @@ static int cmd_keys(const lim_config_t *cfg, int argc, char **argv)
 
 static const command_t commands[] = {
     {"serve", "run the HTTP API server in the foreground",
-     "Usage: limits serve\n"
+     "Usage: limits serve [--workers N]\n"
      "\n"
      "Serves the API on LISTEN (default 127.0.0.1:5000) until SIGINT or SIGTERM, then stops\n"
      "gracefully: no new connections, requests in flight finish, idle connections close.\n"
      "A second signal, or SHUTDOWN_TIMEOUT (default 30s), forces the stop (exit status 1).\n"
+     "\n"
+     "  --workers N  run N worker processes, one loop each, sharing LISTEN (SO_REUSEPORT),\n"
+     "               under a parent that restarts a worker that dies and passes SIGINT and\n"
+     "               SIGTERM on to all of them. Default: WORKERS, whose default 0 means one\n"
+     "               per online CPU. --workers 1 serves in this single process.\n"
      "Settings come from the environment and the file named by LIMITS_SETTINGS (see README).\n",
      cmd_serve},
     {"initdb", "create or migrate the database schema (idempotent)",
@@ -484,9 +522,12 @@ int lim_cli_main(int argc, char **argv, char **envp)
             return 0;
         }
     }
-    if (strcmp(cmd->name, "serve") == 0 && argc > 2) {
-        fprintf(stderr, "limits serve: unexpected argument \"%s\"\n\n%s", argv[2], cmd->usage);
-        return 2;
+    if (strcmp(cmd->name, "serve") == 0) {
+        long n;
+        if (serve_args(argc - 1, argv + 1, &n) != 0) {
+            fprintf(stderr, "\n%s", cmd->usage);
+            return 2;
+        }
     }
 
     rc = lim_config_load(&cfg, envp, &err);

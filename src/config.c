@@ -57,6 +57,7 @@ typedef struct setting_s {
 
 static const setting_t settings[] = {
     {"LISTEN", KIND_LISTEN, FIELD(listen), REVEAL_VALUE, 0, 0},
+    {"WORKERS", KIND_COUNT, FIELD(workers), REVEAL_VALUE, 0, 256},
     {"MAX_CONNECTIONS", KIND_COUNT, FIELD(max_connections), REVEAL_VALUE, 1, 1000000},
     {"HTTP_HEADER_TIMEOUT", KIND_DURATION, FIELD(header_timeout_ms), REVEAL_VALUE, 0, 0},
     {"HTTP_BODY_TIMEOUT", KIND_DURATION, FIELD(body_timeout_ms), REVEAL_VALUE, 0, 0},

@@ -24,6 +24,7 @@
 #include "http_int.h"
 #include "lim/json.h"
 #include "lim/log.h"
+#include "lim/metrics.h"
 
 static const llhttp_settings_t parser_settings;
 
@@ -538,6 +539,8 @@ static void access_log(lim_conn_t *c, int status, size_t bytes)
     const char *path = "-";
     char pathbuf[256];
 
+    /* Every answer (and every drop) passes here once: the place to count it too. */
+    lim_metrics_http(req->route, status, req->start_ns ? uv_hrtime() - req->start_ns : 0);
     if (!c->srv->cfg->access_log || !lim_log_enabled(LIM_LOG_INFO))
         return;
     if (c->mem != NULL && req->path != NULL) {

@@ -55,7 +55,7 @@ int lim_server_new(uv_loop_t *loop, const lim_config_t *cfg, const lim_router_t 
     return 0;
 }
 
-static int parse_listen(const char *listen, struct sockaddr_storage *ss)
+int lim_server_parse_listen(const char *listen, struct sockaddr_storage *ss)
 {
     char host[64];
     const char *colon;
@@ -97,7 +97,7 @@ int lim_server_listen(lim_server_t *srv, const char *listen)
     int namelen = sizeof(ss);
     int rc;
 
-    rc = parse_listen(listen, &ss);
+    rc = lim_server_parse_listen(listen, &ss);
     if (rc != 0)
         return rc;
     rc = uv_tcp_init(srv->loop, &srv->listener);
@@ -112,6 +112,28 @@ int lim_server_listen(lim_server_t *srv, const char *listen)
     rc = uv_tcp_getsockname(&srv->listener, (struct sockaddr *) &ss, &namelen);
     if (rc != 0)
         return rc;
+    srv->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *) &ss)->sin6_port
+                                               : ((struct sockaddr_in *) &ss)->sin_port);
+    return 0;
+}
+
+int lim_server_open(lim_server_t *srv, int fd)
+{
+    struct sockaddr_storage ss;
+    int namelen = sizeof(ss);
+    int rc;
+
+    rc = uv_tcp_init(srv->loop, &srv->listener);
+    if (rc != 0)
+        return rc;
+    srv->listening = 1;
+    rc = uv_tcp_open(&srv->listener, fd);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *) &srv->listener, 4096, on_connection);
+    if (rc == 0)
+        rc = uv_tcp_getsockname(&srv->listener, (struct sockaddr *) &ss, &namelen);
+    if (rc != 0)
+        return rc; /* the caller stops the server, which closes the listener (and fd) */
     srv->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *) &ss)->sin6_port
                                                : ((struct sockaddr_in *) &ss)->sin_port);
     return 0;

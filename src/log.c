@@ -22,6 +22,7 @@
 static lim_log_format_t log_format = LIM_LOG_FORMAT_LOGFMT;
 static lim_log_level_t log_level = LIM_LOG_INFO;
 static int log_fd = 2;
+static char log_worker[16]; /* "3" in a worker of serve --workers N, else "" */
 
 typedef struct line_s {
     char buf[LIM_LOG_LINE_MAX];
@@ -289,6 +290,10 @@ static void build_logfmt(line_t *l, const char *now, const char *level, const ch
     put_str(l, level);
     put_str(l, " msg=");
     put_logfmt_value(l, msg);
+    if (log_worker[0] != '\0') {
+        put_str(l, " worker=");
+        put_str(l, log_worker);
+    }
 
     for (size_t i = 0; i < n && !l->full; i++) {
         const lim_log_field_t *f = &fields[i];
@@ -326,6 +331,10 @@ static void build_json(line_t *l, const char *now, const char *level, const char
     put_str(l, level);
     put_str(l, "\",\"msg\":");
     put_json_string(l, msg);
+    if (log_worker[0] != '\0') {
+        put_str(l, ",\"worker\":");
+        put_str(l, log_worker);
+    }
 
     for (size_t i = 0; i < n && !l->full; i++) {
         const lim_log_field_t *f = &fields[i];
@@ -384,6 +393,14 @@ void lim_log_kv(lim_log_level_t level, const char *msg, const lim_log_field_t *f
     else
         build_logfmt(&l, now, level_name(level), msg, fields, n);
     write_line(l.buf, l.len);
+}
+
+void lim_log_set_worker(int worker)
+{
+    if (worker < 0)
+        log_worker[0] = '\0';
+    else
+        snprintf(log_worker, sizeof(log_worker), "%d", worker);
 }
 
 void lim_log(lim_log_level_t level, const char *fmt, ...)

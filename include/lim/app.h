@@ -17,6 +17,7 @@
 #include "lim/common.h"
 #include "lim/config.h"
 #include "lim/http_server.h"
+#include "lim/metrics.h"
 #include "lim/router.h"
 #include "lim/store.h"
 
@@ -47,10 +48,11 @@ typedef struct lim_app_s {
     lim_reconciler_t *reconciler; /* settles loads whose outcome is unknown */
     void (*services_closed)(struct lim_app_s *app); /* the end of an ordered close */
     uv_signal_t sig_int, sig_term;
-    uv_timer_t stop_timer; /* SHUTDOWN_TIMEOUT while stopping */
-    int stopping;          /* a graceful stop is under way */
-    int exit_code;         /* what `serve` returns */
-    lim_home_t home;       /* GET / */
+    uv_timer_t stop_timer;    /* SHUTDOWN_TIMEOUT while stopping */
+    uv_timer_t metrics_timer; /* publishes module counters to the metrics slot (metrics.h) */
+    int stopping;             /* a graceful stop is under way */
+    int exit_code;            /* what `serve` returns */
+    lim_home_t home;          /* GET / */
 } lim_app_t;
 
 /**
@@ -60,6 +62,17 @@ typedef struct lim_app_s {
  * @return 0, or a UV_E* code.
  */
 LIM_MUSTCHECK int lim_app_start(lim_app_t *app, uv_loop_t *loop, const lim_config_t *cfg);
+
+/**
+ * As lim_app_start(), but serve on `listen_fd`, a socket that is already bound and listening
+ * (a worker of `serve --workers N`, workers.h); cfg->listen is only logged.
+ */
+LIM_MUSTCHECK int lim_app_start_fd(lim_app_t *app, uv_loop_t *loop, const lim_config_t *cfg,
+                                   int listen_fd);
+
+/** Copy the modules' counters into this process's metrics slot (metrics.h); GET /metrics calls
+ *  it before rendering, a timer once a second. */
+void lim_app_publish_metrics(lim_app_t *app);
 
 /** Begin the graceful stop (what SIGTERM does). */
 void lim_app_stop(lim_app_t *app);
@@ -71,8 +84,16 @@ void lim_app_free(lim_app_t *app);
  *  docs/openapi.json documents. */
 const lim_route_t *lim_app_routes(size_t *n);
 
-/** `limits serve`: start, run the loop until stopped, return the exit status. */
+/** `limits serve --workers 1`: start, run the loop until stopped, return the exit status. */
 int lim_app_serve(const lim_config_t *cfg);
+
+/**
+ * One worker of `serve --workers N` (workers.h): serve on `listen_fd`, record metrics into slot
+ * `worker` of `region`, write one byte to `ready_fd` once listening (-1: none), run until
+ * stopped. Returns the exit status.
+ */
+int lim_app_serve_worker(const lim_config_t *cfg, int listen_fd, lim_metrics_region_t *region,
+                         unsigned worker, int ready_fd);
 
 /** `limits reconcile`: one pass (or, keep_going, passes every RECONCILE_INTERVAL until
  *  SIGINT/SIGTERM); prints what it did; returns the exit status. */

@@ -44,7 +44,9 @@ typedef enum lim_log_level_e {
 typedef struct lim_config_s {
     /* Network */
     char *listen;                 /* LISTEN, default "127.0.0.1:5000" */
-    uint32_t max_connections;     /* MAX_CONNECTIONS, default 10240, 1..1000000 */
+    uint32_t workers;             /* WORKERS, default 0 = one per online CPU, 0..256
+                                     (serve --workers N overrides it) */
+    uint32_t max_connections;     /* MAX_CONNECTIONS, default 10240, 1..1000000, per worker */
     uint64_t header_timeout_ms;   /* HTTP_HEADER_TIMEOUT, default 10s */
     uint64_t body_timeout_ms;     /* HTTP_BODY_TIMEOUT, default 10s */
     uint64_t idle_timeout_ms;     /* HTTP_IDLE_TIMEOUT, default 60s */

@@ -22,6 +22,7 @@ void lim_handle_card_load(lim_req_t *req);     /* POST /cards/{id}/load/ */
 void lim_handle_card_loads(lim_req_t *req);    /* GET /cards/{id}/loads/ */
 void lim_handle_card_load_get(lim_req_t *req); /* GET /cards/{id}/loads/{load_id}/ */
 void lim_handle_openapi(lim_req_t *req);       /* GET /openapi.json */
+void lim_handle_metrics(lim_req_t *req);       /* GET /metrics */
 
 /** 503 service-unavailable with Retry-After: 1 (nothing was changed). */
 void lim_respond_unavailable(lim_req_t *req, const char *message);

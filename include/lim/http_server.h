@@ -42,11 +42,21 @@ typedef struct lim_server_stats_s {
 LIM_MUSTCHECK int lim_server_new(uv_loop_t *loop, const lim_config_t *cfg,
                                  const lim_router_t *router, void *app, lim_server_t **out);
 
+/** Parse a LISTEN value ("HOST:PORT", "[V6]:PORT", numeric hosts only). @return 0 or UV_EINVAL. */
+LIM_MUSTCHECK int lim_server_parse_listen(const char *listen, struct sockaddr_storage *ss);
+
 /**
  * Bind and listen on `listen` ("HOST:PORT", "[V6]:PORT"; port 0 picks one).
  * @return 0, or a UV_E* code (UV_EADDRINUSE, UV_EINVAL, UV_EACCES, ...).
  */
 LIM_MUSTCHECK int lim_server_listen(lim_server_t *srv, const char *listen);
+
+/**
+ * Serve on `fd`, a TCP socket already bound (and possibly listening) that the server takes over:
+ * it is closed with the listener. For the workers of `serve --workers N` (workers.h).
+ * @return 0, or a UV_E* code (then the caller stops the server, which closes fd).
+ */
+LIM_MUSTCHECK int lim_server_open(lim_server_t *srv, int fd);
 
 /** The bound port (after listen), for tests using port 0. */
 int lim_server_port(const lim_server_t *srv);

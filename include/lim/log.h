@@ -47,6 +47,9 @@ void lim_log_setup(lim_log_format_t format, lim_log_level_t level);
 /** Send lines to `fd` instead of stderr (tests capture logs this way). */
 void lim_log_set_fd(int fd);
 
+/** Tag every line of this process with worker=N (serve --workers N); -1 removes the tag. */
+void lim_log_set_worker(int worker);
+
 /** Whether a line of `level` would be printed. */
 int lim_log_enabled(lim_log_level_t level);
 

@@ -28,6 +28,7 @@
 #include "lim/loadreq.h"
 #include "lim/log.h"
 #include "lim/money.h"
+#include "lim/metrics.h"
 
 /* A running claim older than this belongs to a request that died: a retry may take it over.
  * Longer than any request can take (the gateway timeout plus the database's). */
@@ -252,6 +253,7 @@ static void on_finished(int status, int changed, const lim_load_t *load, void *a
         l.amount_minor = c->amount_minor;
         l.created_ms = c->begin.created_ms;
         snprintf(l.status, sizeof(l.status), "pending");
+        lim_metrics_count(LIM_M_LOAD_PENDING);
         finish(c, 202, envelope("pending", NULL, 0, &l, -1), 0);
         return;
     }
@@ -261,18 +263,22 @@ static void on_finished(int status, int changed, const lim_load_t *load, void *a
     lim_limits_settle(app->limits, c->user_id, c->card_id, c->order_id, c->amount_minor,
                       load->status);
     if (strcmp(load->status, "succeeded") == 0) {
+        lim_metrics_count(LIM_M_LOAD_SUCCEEDED);
         finish(c, 200, envelope("ok", NULL, 0, load, load->balance_minor), 1);
         return;
     }
     if (strcmp(load->status, "declined") == 0) {
+        lim_metrics_count(LIM_M_LOAD_DECLINED);
         finish(c, 400, envelope("error", c->errors, c->n_errors, NULL, -1), 1);
         return;
     }
     if (strcmp(load->status, "failed") == 0) {
+        lim_metrics_count(LIM_M_LOAD_FAILED);
         finish_unavailable(c, "The payment gateway is not available; nothing was charged. "
                               "Try again shortly.");
         return;
     }
+    lim_metrics_count(LIM_M_LOAD_PENDING);
     body = response_for_load(load, -1, &http);
     finish(c, http, body, 0);
 }
@@ -340,6 +346,7 @@ static void compliance_errors(load_ctx_t *c, const lim_load_begin_t *b, const li
             continue;
         char t[LIM_MONEY_STRLEN], a[LIM_MONEY_STRLEN], l[LIM_MONEY_STRLEN];
         lim_bt_error_t *e = &c->errors[c->n_errors++];
+        lim_metrics_count((lim_metric_t) (LIM_M_REFUSAL_DAY + i));
         snprintf(e->code, sizeof(e->code), "%s", rules[i].code);
         snprintf(e->message, sizeof(e->message), "%s + %s > %s (%s)",
                  lim_money_format(totals[i], t), lim_money_format(c->amount_minor, a),
@@ -372,6 +379,7 @@ static void on_begin(int status, const lim_load_begin_t *b, void *arg)
 
     if (status != 0) {
         release_reservation(c);
+        lim_metrics_count(LIM_M_LOAD_UNAVAILABLE);
         finish_unavailable(c, "The database is not available; nothing was charged. Try again "
                               "shortly.");
         return;
@@ -379,11 +387,13 @@ static void on_begin(int status, const lim_load_begin_t *b, void *arg)
     c->begin = *b;
     if (b->outcome == LIM_LOAD_BEGIN_NOT_FOUND) {
         release_reservation(c);
+        lim_metrics_count(LIM_M_LOAD_NOT_FOUND);
         answer(c, -1, ANSWER_NOT_FOUND, 404, NULL, NULL);
         return;
     }
     if (b->outcome == LIM_LOAD_BEGIN_LIMIT) {
         release_reservation(c);
+        lim_metrics_count(LIM_M_LOAD_REFUSED);
         limits_of(app->cfg, &lim);
         compliance_errors(c, b, &lim);
         if (c->n_errors == 0) {
@@ -445,6 +455,7 @@ static void on_reserved(const lim_limits_decision_t *d, void *arg)
             compliance_errors(c, &b, &lim);
         }
         if (c->n_errors > 0) {
+            lim_metrics_count(LIM_M_LOAD_REFUSED);
             finish(c, 400, envelope("error", c->errors, c->n_errors, NULL, -1), 1);
             return;
         }
@@ -480,9 +491,11 @@ static void on_replay_load(int status, const lim_load_t *loads, size_t n, void *
 
     if (status != 0 || loads == NULL || n == 0) {
         free(c);
+        lim_metrics_count(LIM_M_LOAD_UNAVAILABLE);
         lim_respond_unavailable(req, "The database is not available; try again shortly.");
         return;
     }
+    lim_metrics_count(LIM_M_LOAD_REPLAYED);
     body = response_for_load(&loads[0], -1, &http);
     if (lim_req_add_header(req, "Idempotent-Replayed", "true") != 0) {
         free(body);
@@ -499,6 +512,7 @@ static void on_idem(int status, const lim_idem_t *idem, void *arg)
 
     if (status != 0) {
         free(c);
+        lim_metrics_count(LIM_M_LOAD_UNAVAILABLE);
         lim_respond_unavailable(req, "The database is not available; try again shortly.");
         return;
     }
@@ -508,11 +522,13 @@ static void on_idem(int status, const lim_idem_t *idem, void *arg)
         return;
     case LIM_IDEM_REUSED:
         free(c);
+        lim_metrics_count(LIM_M_LOAD_IDEM_CONFLICT);
         lim_req_respond_error(req, 422, "idempotency-key-reused",
                               "This Idempotency-Key was used for a different request.");
         return;
     case LIM_IDEM_IN_USE:
         free(c);
+        lim_metrics_count(LIM_M_LOAD_IDEM_CONFLICT);
         if (lim_req_add_header(req, "Retry-After", "1") != 0) {
             lim_respond_unavailable(req, "The server is out of memory; try again shortly.");
             return;
@@ -522,6 +538,7 @@ static void on_idem(int status, const lim_idem_t *idem, void *arg)
                               "shortly.");
         return;
     case LIM_IDEM_REPLAY:
+        lim_metrics_count(LIM_M_LOAD_REPLAYED);
         if (lim_req_add_header(req, "Idempotent-Replayed", "true") != 0) {
             free(c);
             lim_respond_unavailable(req, "The server is out of memory; try again shortly.");
@@ -589,6 +606,7 @@ static void load_authed(lim_req_t *req, int64_t user_id)
             snprintf(errs[i].message, sizeof(errs[i].message), "%s", body->errors[i].message);
         }
         char *text = envelope("error", errs, body->n_errors, NULL, -1);
+        lim_metrics_count(LIM_M_LOAD_INVALID);
         free(body);
         free(c);
         if (text == NULL) {
@@ -617,6 +635,7 @@ static void load_authed(lim_req_t *req, int64_t user_id)
     }
     if (!idem_key_ok(key, key_len)) {
         free(c);
+        lim_metrics_count(LIM_M_LOAD_INVALID);
         lim_req_respond_error(req, 400, "invalid-idempotency-key",
                               "Idempotency-Key must be 1 to 255 visible ASCII characters.");
         return;

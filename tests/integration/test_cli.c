@@ -445,15 +445,15 @@ Test(cli, missing_settings_file_exits_2)
 
 /* ---- serve: helpers ------------------------------------------------------------------------- */
 
-/* Spawn `limits serve` and wait for its listening line; returns the port it reports. */
-static int server_start(proc_t *p, const char *const *env)
+/* Spawn `limits args...` (a serve command) and wait for its listening line (the supervisor's
+ * with --workers N > 1); returns the port it reports. */
+static int server_start_args(proc_t *p, const char *const *args, const char *const *env)
 {
-    const char *const args[] = {"serve", NULL};
     const char *line, *port_at;
     long port;
 
     proc_spawn(p, args, env);
-    line = proc_wait_stderr_line(p, "msg=listening", WAIT_MS);
+    line = proc_wait_stderr_line(p, "msg=listening listen=", WAIT_MS);
     cr_assert(not(eq(ptr, (void *) line, NULL)), "no listening line; stderr:\n%s", p->out[1]);
     port_at = strstr(line, " port=");
     cr_assert(not(eq(ptr, (void *) port_at, NULL)), "no port in: %s", line);
@@ -461,6 +461,14 @@ static int server_start(proc_t *p, const char *const *env)
     port = strtol(port_at + 6, NULL, 10);
     cr_assert(port > 0 && port < 65536, "port %ld", port);
     return (int) port;
+}
+
+/* Spawn `limits serve --workers 1`: one process, as the tests of the HTTP core expect. */
+static int server_start(proc_t *p, const char *const *env)
+{
+    const char *const args[] = {"serve", "--workers", "1", NULL};
+
+    return server_start_args(p, args, env);
 }
 
 /* SIGTERM, then the exit status (the wait is bounded). */
@@ -1080,4 +1088,274 @@ Test(cli, stop_on_sigint_is_graceful_too)
     cr_assert(proc_wait_exit(p, 1000), "no exit within 1 s of SIGINT; stderr:\n%s", p->out[1]);
     cr_assert(eq(int, proc_exit_code(p), 0), "stderr:\n%s", p->out[1]);
     cr_assert(not(eq(ptr, strstr(p->out[1], "received SIGINT"), NULL)), "stderr:\n%s", p->out[1]);
+}
+
+/* ---- serve --workers N ----------------------------------------------------------------------- */
+
+Test(cli, serve_workers_rejects_a_bad_count_with_exit_2)
+{
+    static const char *const bad[][4] = {
+        {"serve", "--workers", "0", NULL},   {"serve", "--workers", "x", NULL},
+        {"serve", "--workers", NULL, NULL},  {"serve", "--workers=", NULL, NULL},
+        {"serve", "--workers", "257", NULL}, {"serve", "--workers", "2", "extra"},
+    };
+
+    for (size_t i = 0; i < LIM_ARRAY_SIZE(bad); i++) {
+        proc_t *p = &procs[0];
+        cr_assert(eq(int, run_cli(p, bad[i], serve_env), 2), "case %zu: stderr: %s", i, p->out[1]);
+        cr_assert(not(eq(ptr, strstr(p->out[1], "Usage: limits serve"), NULL)), "stderr: %s",
+                  p->out[1]);
+        cr_assert(eq(ptr, strstr(p->out[1], "listening"), NULL), "stderr: %s", p->out[1]);
+        proc_free(p);
+    }
+}
+
+/* The pid a worker reported on its listening line ("msg=listening worker=N ... pid=P"), from
+ * the `nth` such line of that worker (0: the first). */
+static pid_t worker_pid(proc_t *p, unsigned worker, unsigned nth)
+{
+    char needle[48];
+    const char *at = p->out[1], *pid_at;
+
+    snprintf(needle, sizeof(needle), "msg=listening worker=%u ", worker);
+    for (unsigned i = 0;; i++) {
+        at = strstr(at, needle);
+        if (at == NULL)
+            return 0;
+        if (i == nth)
+            break;
+        at++;
+    }
+    pid_at = strstr(at, " pid=");
+    cr_assert(pid_at != NULL && pid_at < strchr(at, '\n'), "no pid on: %.200s", at);
+    return (pid_t) strtol(pid_at + 5, NULL, 10);
+}
+
+/* Wait until the `nth` listening line of `worker` arrived; returns its pid. */
+static pid_t wait_worker(proc_t *p, unsigned worker, unsigned nth, unsigned ms)
+{
+    uint64_t deadline = now_ms() + ms;
+    pid_t pid;
+
+    while ((pid = worker_pid(p, worker, nth)) == 0 && now_ms() < deadline)
+        proc_pump(p, 10);
+    cr_assert(pid > 0, "worker %u did not report listening (#%u); stderr:\n%s", worker, nth,
+              p->out[1]);
+    return pid;
+}
+
+/* The value of the sample line that starts with `series` (e.g. `limits_workers ` or
+ * `limits_http_requests_total{route="healthz",status="200"} `), or -1 when absent. */
+static long long metric_value(const char *body, const char *series)
+{
+    const char *at = body;
+    size_t n = strlen(series);
+
+    while ((at = strstr(at, series)) != NULL) {
+        if (at == body || at[-1] == '\n')
+            return strtoll(at + n, NULL, 10);
+        at += n;
+    }
+    return -1;
+}
+
+static char *scrape(int port)
+{
+    resp_t r;
+    char *body;
+
+    http_once(port, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 0, &r);
+    cr_assert(eq(int, r.status, 200), "GET /metrics: %d", r.status);
+    cr_assert(eq(str, resp_header(&r, "Content-Type"), "text/plain; version=0.0.4; charset=utf-8"));
+    body = strndup(r.body, r.body_len);
+    cr_assert(body != NULL);
+    resp_free(&r);
+    return body;
+}
+
+/* `promtool check metrics` (Debian's prometheus package, installed by install-deps.sh) must
+ * accept the exposition: a real parser, with its lint rules. */
+static void promtool_accepts(const char *body)
+{
+    char path[128], cmd[256], out[4096];
+    FILE *f, *pipe;
+    size_t got;
+    int status, ok;
+
+    snprintf(path, sizeof(path), "%s/metrics.txt", tmpdir);
+    f = fopen(path, "w");
+    cr_assert(f != NULL);
+    cr_assert(eq(sz, fwrite(body, 1, strlen(body), f), strlen(body)));
+    cr_assert(eq(int, fclose(f), 0));
+    cr_assert(eq(int, access("/usr/bin/promtool", X_OK), 0),
+              "promtool is missing: run scripts/install-deps.sh (package prometheus)");
+    snprintf(cmd, sizeof(cmd), "/usr/bin/promtool check metrics < %s 2>&1", path);
+    pipe = popen(cmd, "r");
+    cr_assert(pipe != NULL);
+    got = fread(out, 1, sizeof(out) - 1, pipe);
+    out[got] = '\0';
+    status = pclose(pipe);
+    unlink(path);
+    ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    cr_assert(ok, "promtool check metrics:\n%s", out);
+}
+
+static const char *const workers_args[] = {"serve", "--workers", "2", NULL};
+static const char *const workers_env[] = {"LISTEN=127.0.0.1:0", "SHUTDOWN_TIMEOUT=2s", NULL};
+
+Test(cli, serve_workers_share_the_port_and_every_scrape_sums_all_of_them)
+{
+    proc_t *p = &procs[0];
+    int port = server_start_args(p, workers_args, workers_env);
+    pid_t w0 = wait_worker(p, 0, 0, WAIT_MS), w1 = wait_worker(p, 1, 0, WAIT_MS);
+    const unsigned n = 40;
+    char *body;
+
+    cr_assert(w0 != w1 && w0 != p->pid && w1 != p->pid);
+    cr_assert(not(eq(ptr, strstr(p->out[1], "workers=2"), NULL)), "stderr:\n%s", p->out[1]);
+    for (unsigned i = 0; i < n; i++) {
+        resp_t r;
+        http_once(port, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 0, &r);
+        cr_assert(eq(int, r.status, 200));
+        resp_free(&r);
+    }
+    proc_pump(p, 50);
+    /* The kernel spread the 40 connections over both sockets (all on one: p = 2^-39). */
+    cr_assert(not(eq(ptr, strstr(p->out[1], "msg=http worker=0 "), NULL)), "stderr:\n%s",
+              p->out[1]);
+    cr_assert(not(eq(ptr, strstr(p->out[1], "msg=http worker=1 "), NULL)), "stderr:\n%s",
+              p->out[1]);
+
+    /* Whichever worker answers, a scrape counts both workers' requests. */
+    for (int k = 0; k < 6; k++) {
+        body = scrape(port);
+        cr_assert(eq(i64, metric_value(body, "limits_workers "), 2));
+        cr_assert(
+            eq(i64,
+               metric_value(body, "limits_http_requests_total{route=\"healthz\",status=\"200\"} "),
+               (long long) n),
+            "scrape %d:\n%.2000s", k, body);
+        /* Earlier scrapes are counted (a series appears with its first request). */
+        cr_assert(
+            eq(i64,
+               metric_value(body, "limits_http_requests_total{route=\"metrics\",status=\"200\"} "),
+               k == 0 ? -1LL : (long long) k));
+        cr_assert(
+            eq(i64,
+               metric_value(body, "limits_http_request_duration_seconds_count{route=\"healthz\"} "),
+               (long long) n));
+        cr_assert(metric_value(body, "process_start_time_seconds ") > 1700000000LL);
+        if (k == 0)
+            promtool_accepts(body);
+        free(body);
+    }
+    cr_assert(eq(int, server_term(p, WAIT_MS), 0), "stderr:\n%s", p->out[1]);
+    cr_assert(
+        not(eq(ptr, strstr(p->out[1], "msg=\"worker stopped\" worker=0 how=\"exit status 0\""),
+               NULL)),
+        "stderr:\n%s", p->out[1]);
+    cr_assert(
+        not(eq(ptr, strstr(p->out[1], "msg=\"worker stopped\" worker=1 how=\"exit status 0\""),
+               NULL)),
+        "stderr:\n%s", p->out[1]);
+}
+
+Test(cli, serve_workers_restarts_a_killed_worker_and_keeps_its_counters)
+{
+    proc_t *p = &procs[0];
+    int port = server_start_args(p, workers_args, workers_env);
+    pid_t w0 = wait_worker(p, 0, 0, WAIT_MS), w0b;
+    long long before, after;
+    char *body;
+
+    (void) wait_worker(p, 1, 0, WAIT_MS);
+    for (int i = 0; i < 20; i++) {
+        resp_t r;
+        http_once(port, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 0, &r);
+        cr_assert(eq(int, r.status, 200));
+        resp_free(&r);
+    }
+    body = scrape(port);
+    before = metric_value(body, "limits_http_requests_total{route=\"healthz\",status=\"200\"} ");
+    cr_assert(eq(i64, before, 20));
+    free(body);
+
+    cr_assert(eq(int, kill(w0, SIGKILL), 0));
+    cr_assert(not(eq(ptr,
+                     (void *) proc_wait_stderr_line(p, "msg=\"worker died; restarting\" worker=0",
+                                                    WAIT_MS),
+                     NULL)),
+              "stderr:\n%s", p->out[1]);
+    w0b = wait_worker(p, 0, 1, WAIT_MS);
+    cr_assert(w0b != w0);
+    cr_assert(not(eq(ptr, strstr(p->out[1], "killed by signal 9"), NULL)), "stderr:\n%s",
+              p->out[1]);
+
+    /* Served throughout; the new worker continues the dead one's counters. */
+    for (int i = 0; i < 20; i++) {
+        resp_t r;
+        http_once(port, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 0, &r);
+        cr_assert(eq(int, r.status, 200));
+        resp_free(&r);
+    }
+    body = scrape(port);
+    after = metric_value(body, "limits_http_requests_total{route=\"healthz\",status=\"200\"} ");
+    cr_assert(eq(i64, after, 40), "after the restart: %lld\n%.1500s", after, body);
+    cr_assert(eq(i64, metric_value(body, "limits_worker_restarts_total "), 1));
+    free(body);
+    cr_assert(eq(int, server_term(p, WAIT_MS), 0), "stderr:\n%s", p->out[1]);
+}
+
+Test(cli, serve_workers_die_with_a_killed_parent)
+{
+    proc_t *p = &procs[0];
+    int port = server_start_args(p, workers_args, workers_env);
+    uint64_t deadline;
+    int fd = -1;
+
+    (void) wait_worker(p, 0, 0, WAIT_MS);
+    (void) wait_worker(p, 1, 0, WAIT_MS);
+    cr_assert(eq(int, kill(p->pid, SIGKILL), 0));
+    cr_assert(proc_wait_exit(p, WAIT_MS));
+    /* No worker may serve on without its supervisor: the port stops accepting. */
+    deadline = now_ms() + WAIT_MS;
+    for (;;) {
+        struct sockaddr_in sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sin_family = AF_INET;
+        sa.sin_port = htons((uint16_t) port);
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        cr_assert(fd >= 0);
+        if (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) != 0 && errno == ECONNREFUSED)
+            break;
+        close(fd);
+        fd = -1;
+        cr_assert(now_ms() < deadline, "port %d still accepts after the parent was killed", port);
+        sleep_ms(20);
+    }
+    close(fd);
+}
+
+Test(cli, serve_workers_graceful_stop_finishes_requests_in_every_worker)
+{
+    const char *const env[] = {"LISTEN=127.0.0.1:0", "SHUTDOWN_TIMEOUT=300ms",
+                               "HTTP_HEADER_TIMEOUT=60s", NULL};
+    proc_t *p = &procs[0];
+    int port = server_start_args(p, workers_args, env);
+    int fds[8];
+
+    (void) wait_worker(p, 0, 0, WAIT_MS);
+    (void) wait_worker(p, 1, 0, WAIT_MS);
+    /* Unfinished requests, most likely on both workers: the stop must wait, then force. */
+    for (int i = 0; i < 8; i++)
+        fds[i] = partial_request(port);
+    cr_assert(eq(int, kill(p->pid, SIGTERM), 0));
+    sleep_ms(100);
+    cr_assert(eq(int, proc_try_reap(p), 0), "exited before the deadline; stderr:\n%s", p->out[1]);
+    cr_assert(proc_wait_exit(p, 3000), "not stopped; stderr:\n%s", p->out[1]);
+    cr_assert(eq(int, proc_exit_code(p), 1), "a forced stop exits 1; stderr:\n%s", p->out[1]);
+    cr_assert(not(eq(ptr, strstr(p->out[1], "shutdown timeout"), NULL)), "stderr:\n%s", p->out[1]);
+    for (int i = 0; i < 8; i++)
+        close(fds[i]);
 }
