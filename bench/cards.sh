@@ -92,7 +92,7 @@ wait_quiet "$WAIT_IDLE" || quiet=0
     machine_lines
     printf -- '- data: %s users x %s cards, %s succeeded loads per card; wrk rotates over %s users (KEYSET=%s) and their %s cards\n' \
         "$USERS" "$CARDS_PER_USER" "$SEED_LOADS" "$ACTIVE" "$KEYSET" "$(wc -l <"$OUT/wrk-keys.txt")"
-    printf -- '- limits: `LISTEN=127.0.0.1:%s ACCESS_LOG=off DATABASE_URL=%s REDIS_URL=%s taskset -c %s limits serve` (pool: DATABASE_POOL_SIZE=%s)\n' \
+    printf -- '- limits: `LISTEN=127.0.0.1:%s ACCESS_LOG=off WORKERS=1 DATABASE_URL=%s REDIS_URL=%s taskset -c %s limits serve` (pool: DATABASE_POOL_SIZE=%s)\n' \
         "$OUR_PORT" "$STACK_DB_URL" "$STACK_REDIS_URL" "$SERVER_CPU" "${DATABASE_POOL_SIZE:-16 (default)}"
     printf -- '- wrk: `%s`\n' "$(wrk_fn "$DURATION"; echo "${CMD[*]}")"
     printf -- '- pgbench: `%s` with %s:\n\n```sql\n%s\n```\n' "$(pgbench_fn "$DURATION"; echo "${CMD[*]}")" \
@@ -120,7 +120,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 failed=0
-python3 "$BENCH_DIR/stack_report.py" "$RUNS" >>"$OUT/summary.md" || failed=$?
+python3 "$BENCH_DIR/stack_report.py" "$RUNS" "$OUT/rows.tsv" >>"$OUT/summary.md" || failed=$?
 {
     echo
     printf -- '- load average after the run: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"

@@ -251,6 +251,17 @@ elif awk -v r="$rps" -v g="$GOAL" 'BEGIN { exit !(r < g) }'; then
     failed=1
     verdict="goal MISSED"
 fi
+# One line for bench/all.sh: what, figure, baseline, ratio, goal, result. A miss measured only
+# in noisy runs is inconclusive (a pass despite the noise still counts).
+row_result=pass
+if [[ $verdict == ERRORS* ]]; then
+    row_result=FAIL
+elif [[ $failed -eq 1 ]]; then
+    row_result=FAIL
+    [[ $noisy -eq 1 ]] && row_result="inconclusive (noisy)"
+fi
+printf 'sales/s c%s, no added latency\t%.0f sales/s%s\t-\t-\t≥ %s/s\t%s\n' "$CONNS" "$rps" \
+    "$([[ $verdict == ERRORS* ]] && echo ", $verdict")" "$GOAL" "$row_result" >"$OUT/rows.tsv"
 {
     echo "## limits-fake-braintree: sales/s with no added latency"
     echo

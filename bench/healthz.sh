@@ -101,13 +101,14 @@ port_free "$NGINX_PORT"
 NOFILE=$(raise_nofile 65536)
 
 log "starting limits on 127.0.0.1:$OUR_PORT (CPU $SERVER_CPU)"
-LISTEN=127.0.0.1:$OUR_PORT ACCESS_LOG=off DATABASE_URL=$BENCH_DATABASE_URL REDIS_URL=$BENCH_REDIS_URL \
+LISTEN=127.0.0.1:$OUR_PORT ACCESS_LOG=off WORKERS=1 DATABASE_URL=$BENCH_DATABASE_URL REDIS_URL=$BENCH_REDIS_URL \
     taskset -c "$SERVER_CPU" "$BIN" serve 2>"$OUT/server.stderr" &
 SERVER_PID=$!
 if ! wait_http "http://127.0.0.1:$OUR_PORT/healthz" 10 "$SERVER_PID"; then
     tail -n 20 "$OUT/server.stderr" >&2
     die "limits did not answer GET /healthz on 127.0.0.1:$OUR_PORT within 10s"
 fi
+one_process "$SERVER_PID"
 
 mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
 cat >"$TMP/nginx/nginx.conf" <<EOF
@@ -237,7 +238,7 @@ wait_quiet "$WAIT_IDLE" || quiet=0
     machine_summary
     printf -- '- %s; %s\n' "$(nginx -v 2>&1)" "$(wrk -v 2>&1 | head -n 1 | sed 's/ Copyright.*//')"
     printf -- '- binary: %s\n' "$BIN"
-    printf -- '- limits: `LISTEN=127.0.0.1:%s ACCESS_LOG=off DATABASE_URL=%s REDIS_URL=%s taskset -c %s limits serve`\n' \
+    printf -- '- limits: `LISTEN=127.0.0.1:%s ACCESS_LOG=off WORKERS=1 DATABASE_URL=%s REDIS_URL=%s taskset -c %s limits serve`\n' \
         "$OUR_PORT" "$BENCH_DATABASE_URL" "$BENCH_REDIS_URL" "$SERVER_CPU"
     printf -- '- servers on CPU %s, wrk on CPU %s: `taskset -c %s wrk -t%s -cN -d%s --latency`, warm-up %s before each run, %s round(s), open-files limit %s\n' \
         "$SERVER_CPU" "$CLIENT_CPU" "$CLIENT_CPU" "$WRK_THREADS" "$DURATION" "$WARMUP" "$ROUNDS" "$NOFILE"
@@ -314,7 +315,7 @@ done
 
 # ---- table ---------------------------------------------------------------------------------
 failed=0
-python3 "$BENCH_DIR/wrk_report.py" "$OUT/runs.tsv" >>"$OUT/summary.md" || failed=$?
+python3 "$BENCH_DIR/wrk_report.py" "$OUT/runs.tsv" "$OUT/rows.tsv" >>"$OUT/summary.md" || failed=$?
 {
     echo
     printf -- '- load average after the run: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"

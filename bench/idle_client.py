@@ -238,6 +238,7 @@ def main():
     ap.add_argument("--probes", type=int, default=50)
     ap.add_argument("--sample", type=int, default=200, help="idle connections reused at the end")
     ap.add_argument("--deadline", type=float, default=180.0, help="seconds for the whole run")
+    ap.add_argument("--rows", help="also write the verdicts here, tab-separated (bench/all.sh)")
     args = ap.parse_args()
     if args.host not in ("127.0.0.1", "::1", "localhost"):
         raise SystemExit("this benchmark only talks to loopback")
@@ -375,6 +376,25 @@ def main():
     row("server VmRSS after the second requests", fmt_mib(during["VmRSS"]))
     row(f"server VmRSS {args.settle:.0f} s after all connections closed",
         f"{fmt_mib(closed['VmRSS'])} (fds {closed['fds']})")
+    if args.rows:
+        def verdict(ok):
+            return "pass" if ok else "FAIL"
+        n = args.conns
+        with open(args.rows, "w", encoding="utf-8") as f:
+            for r in (
+                (f"{n} idle conns: server RSS growth", fmt_mib(growth), "-", "-", "< 20 MiB",
+                 verdict(growth < TOTAL_GOAL)),
+                (f"{n} idle conns: RSS growth per connection", f"{per_conn:.0f} B", "-", "-",
+                 f"≤ {PER_CONN_GOAL} B", verdict(per_conn <= PER_CONN_GOAL)),
+                (f"{n} idle conns: /healthz probes meanwhile (max)",
+                 f"{probe_max:.2f} ms, non-200 {fresh_bad + ka_bad}", "-", "-",
+                 f"all 200, < {PROBE_GOAL_MS:.0f} ms", verdict(goals["/healthz probes"])),
+                (f"{n} idle conns: kept open and reusable",
+                 f"{idle} idle, {stats['server_closed'] + closed_by_server} closed, "
+                 f"{reuse_ok}/{len(sample)} reused", "-", "-", "all",
+                 verdict(goals["all connections idle"] and goals["idle connections reusable"])),
+            ):
+                f.write("\t".join(r) + "\n")
     return 0 if all(goals.values()) else 1
 
 

@@ -79,7 +79,7 @@ trap 'exit 143' TERM
 
 port_free "$IDLE_PORT" # again: the build may have taken a while
 log "starting limits on 127.0.0.1:$IDLE_PORT (CPU $SERVER_CPU, open-files limit $NOFILE, MAX_CONNECTIONS $MAXC, HTTP_IDLE_TIMEOUT 600s)"
-LISTEN=127.0.0.1:$IDLE_PORT ACCESS_LOG=off HTTP_IDLE_TIMEOUT=600s MAX_CONNECTIONS=$MAXC \
+LISTEN=127.0.0.1:$IDLE_PORT ACCESS_LOG=off WORKERS=1 HTTP_IDLE_TIMEOUT=600s MAX_CONNECTIONS=$MAXC \
     DATABASE_URL=$BENCH_DATABASE_URL REDIS_URL=$BENCH_REDIS_URL \
     taskset -c "$SERVER_CPU" "$BIN" serve 2>"$OUT/server.stderr" &
 SERVER_PID=$!
@@ -87,6 +87,7 @@ if ! wait_http "http://127.0.0.1:$IDLE_PORT/healthz" 10 "$SERVER_PID"; then
     tail -n 20 "$OUT/server.stderr" >&2
     die "limits did not answer GET /healthz on 127.0.0.1:$IDLE_PORT within 10s"
 fi
+one_process "$SERVER_PID"
 server_nofile=$(awk '/^Max open files/ {print $4}' "/proc/$SERVER_PID/limits")
 [[ $server_nofile -ge $NEED ]] || die "the server's open-files limit is $server_nofile, below $NEED"
 
@@ -95,7 +96,7 @@ server_nofile=$(awk '/^Max open files/ {print $4}' "/proc/$SERVER_PID/limits")
     echo
     machine_summary
     printf -- '- binary: %s\n' "$BIN"
-    printf -- '- server: `ulimit -n %s; LISTEN=127.0.0.1:%s ACCESS_LOG=off HTTP_IDLE_TIMEOUT=600s MAX_CONNECTIONS=%s DATABASE_URL=%s REDIS_URL=%s taskset -c %s limits serve`\n' \
+    printf -- '- server: `ulimit -n %s; LISTEN=127.0.0.1:%s ACCESS_LOG=off WORKERS=1 HTTP_IDLE_TIMEOUT=600s MAX_CONNECTIONS=%s DATABASE_URL=%s REDIS_URL=%s taskset -c %s limits serve`\n' \
         "$NOFILE" "$IDLE_PORT" "$MAXC" "$BENCH_DATABASE_URL" "$BENCH_REDIS_URL" "$SERVER_CPU"
     printf -- '- client: `taskset -c %s python3 bench/idle_client.py --port %s --pid PID --conns %s` (Python %s)\n' \
         "$CLIENT_CPU" "$IDLE_PORT" "$CONNS" "$(python3 -c 'import platform; print(platform.python_version())')"
@@ -106,7 +107,7 @@ failed=0
 # In the background and waited for, so that a signal runs the trap at once.
 timeout --kill-after=5 $((DEADLINE + 60)) \
     taskset -c "$CLIENT_CPU" python3 "$BENCH_DIR/idle_client.py" --port "$IDLE_PORT" \
-    --pid "$SERVER_PID" --conns "$CONNS" --deadline "$DEADLINE" >>"$OUT/summary.md" &
+    --pid "$SERVER_PID" --conns "$CONNS" --deadline "$DEADLINE" --rows "$OUT/rows.tsv" >>"$OUT/summary.md" &
 CLIENT_PID=$!
 wait "$CLIENT_PID" || failed=$?
 CLIENT_PID=

@@ -67,6 +67,17 @@ wait_http() {
     return 1
 }
 
+# one_process PID: fails (exit 2) when the server at PID runs as more than one process (worker
+# processes under a parent): a single-process scenario would then measure only the parent.
+one_process() {
+    local kids
+    kids=$(pgrep -P "$1" 2>/dev/null | tr '\n' ' ' || true)
+    if [[ -n $kids ]]; then
+        printf 'error: the server (pid %s) runs child processes (%s): expected one process (WORKERS=1)\n' "$1" "$kids" >&2
+        exit 2
+    fi
+}
+
 # raise_nofile WANT: raises the soft open-files limit of this shell towards WANT (capped by the
 # hard limit); prints the resulting soft limit.
 raise_nofile() {

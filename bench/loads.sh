@@ -114,7 +114,7 @@ wait_quiet "$WAIT_IDLE" || quiet=0
     machine_lines
     printf -- '- data: %s users x 1 card; wrk rotates over %s users (KEYSET=%s), %s per load; before each case: ledger emptied, Redis flushed, limits restarted, one load per user (warm-up, at 0 ms), ANALYZE\n' \
         "$USERS" "$ACTIVE" "$KEYSET" "$AMOUNT"
-    printf -- '- limits: `LISTEN=127.0.0.1:%s ACCESS_LOG=off DATABASE_URL=%s REDIS_URL=%s BRAINTREE_ENVIRONMENT=http://127.0.0.1:%s BRAINTREE_MERCHANT_ID=fake_merchant BRAINTREE_PUBLIC_KEY=fake_public BRAINTREE_PRIVATE_KEY=... taskset -c %s limits serve`%s\n' \
+    printf -- '- limits: `LISTEN=127.0.0.1:%s ACCESS_LOG=off WORKERS=1 DATABASE_URL=%s REDIS_URL=%s BRAINTREE_ENVIRONMENT=http://127.0.0.1:%s BRAINTREE_MERCHANT_ID=fake_merchant BRAINTREE_PUBLIC_KEY=fake_public BRAINTREE_PRIVATE_KEY=... taskset -c %s limits serve`%s\n' \
         "$OUR_PORT" "$STACK_DB_URL" "$STACK_REDIS_URL" "$FAKE_PORT" "$SERVER_CPU" \
         "$(env | grep -E '^(AUTH_CACHE_TTL|DATABASE_POOL_SIZE|DATABASE_QUEUE_MAX)=' | tr '\n' ' ' | sed 's/^./ (and &/; s/ $/)/')"
     printf -- '- fake: `taskset -c %s limits-fake-braintree --listen 127.0.0.1:%s --latency-ms L`\n' "$CLIENT_CPU" "$FAKE_PORT"
@@ -177,7 +177,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 failed=0
-python3 "$BENCH_DIR/stack_report.py" "$RUNS" >>"$OUT/summary.md" || failed=$?
+python3 "$BENCH_DIR/stack_report.py" "$RUNS" "$OUT/rows.tsv" >>"$OUT/summary.md" || failed=$?
 {
     echo
     cat "$OUT/warmups.md"

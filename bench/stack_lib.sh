@@ -11,7 +11,11 @@
 # pgbench) and the fake gateway, on CLIENT_CPU (1). PostgreSQL is started by stack.sh, so it is
 # pinned afterwards: `taskset -a -p` on the postmaster and on each of its children (new
 # backends inherit the postmaster's affinity). PG_CPU=all lets PostgreSQL run on every CPU,
-# REDIS_CPU likewise.
+# REDIS_CPU likewise. SERVER_AFFINITY and LOADGEN_CPUS (taskset CPU lists) override the CPUs the
+# server and the load generators/fake are started on, without changing which cores the CPU
+# accounting calls "server core" and "client core" (bench/workers.sh runs both unpinned).
+# SERVE_ARGS (an array) is appended to `limits serve`; EXTRA_PIDS are processes of ours (e.g.
+# bench/slow_clients.py) whose CPU time is not "other work".
 # shellcheck shell=bash disable=SC2034
 
 SERVER_CPU=${SERVER_CPU:-0}
@@ -23,6 +27,10 @@ NOISE_MAX=${NOISE_MAX:-5}
 RETRY_NOISY=${RETRY_NOISY:-2}
 OUR_PORT=${OUR_PORT:-18084}
 FAKE_PORT=${FAKE_PORT:-18094}
+SERVER_AFFINITY=${SERVER_AFFINITY:-$SERVER_CPU}
+LOADGEN_CPUS=${LOADGEN_CPUS:-$CLIENT_CPU}
+declare -p SERVE_ARGS >/dev/null 2>&1 || SERVE_ARGS=()
+EXTRA_PIDS=${EXTRA_PIDS:-}
 
 BENCH_PG_PORT=54349
 BENCH_REDIS_PORT=63819
@@ -191,23 +199,42 @@ EOF
 }
 
 # start_server [NAME=value...]: limits serve on 127.0.0.1:OUR_PORT pinned to SERVER_CPU, against the
-# bench stack, with extra settings given as NAME=value arguments.
+# bench stack, with extra settings given as NAME=value arguments. WORKERS=1: one process, one
+# loop, whatever the server's default (one worker per CPU) is; `serve --workers N` in
+# SERVE_ARGS overrides it (bench/workers.sh). Older binaries ignore the unknown variable.
 # shellcheck disable=SC2120 # the settings are optional
 start_server() {
     port_free "$OUR_PORT"
-    log "starting limits on 127.0.0.1:$OUR_PORT (CPU $SERVER_CPU)"
-    env -u LIMITS_SETTINGS LISTEN="127.0.0.1:$OUR_PORT" ACCESS_LOG=off DATABASE_URL="$STACK_DB_URL" \
+    log "starting limits on 127.0.0.1:$OUR_PORT (CPU $SERVER_AFFINITY)${SERVE_ARGS[*]:+ with ${SERVE_ARGS[*]}}"
+    env -u LIMITS_SETTINGS LISTEN="127.0.0.1:$OUR_PORT" ACCESS_LOG=off WORKERS=1 DATABASE_URL="$STACK_DB_URL" \
         REDIS_URL="$STACK_REDIS_URL" "$@" \
-        taskset -c "$SERVER_CPU" "$BIN" serve 2>>"$OUT/server.stderr" &
+        taskset -c "$SERVER_AFFINITY" "$BIN" serve "${SERVE_ARGS[@]}" 2>>"$OUT/server.stderr" &
     SERVER_PID=$!
     if ! wait_http "http://127.0.0.1:$OUR_PORT/readyz" 20 "$SERVER_PID"; then
         tail -n 20 "$OUT/server.stderr" >&2
         die "limits did not answer GET /readyz with 200 on 127.0.0.1:$OUR_PORT within 20s"
     fi
+    [[ ${#SERVE_ARGS[@]} -gt 0 ]] || one_process "$SERVER_PID"
+}
+
+# tree_pids PID: PID and every process below it (a server with workers is several processes).
+tree_pids() {
+    local p
+    [[ -n ${1:-} ]] || return 0
+    echo "$1"
+    for p in $(pgrep -P "$1" 2>/dev/null); do
+        tree_pids "$p"
+    done
 }
 
 stop_server() {
+    local left p
+    left=$(tree_pids "$SERVER_PID" | tail -n +2 | tr '\n' ' ')
     stop_pid "$SERVER_PID" limits 35
+    # Workers that outlived their parent (they should not): ours, so stop them by pid.
+    for p in $left; do
+        stop_pid "$p" "limits worker" 10
+    done
     SERVER_PID=
 }
 
@@ -215,10 +242,10 @@ stop_server() {
 # CLIENT_CPU (it stands for the outside world, like the load generator).
 start_fake() {
     port_free "$FAKE_PORT"
-    log "starting limits-fake-braintree on 127.0.0.1:$FAKE_PORT, latency $1 ms (CPU $CLIENT_CPU)"
+    log "starting limits-fake-braintree on 127.0.0.1:$FAKE_PORT, latency $1 ms (CPU $LOADGEN_CPUS)"
     env -u LIMITS_SETTINGS BRAINTREE_MERCHANT_ID=fake_merchant BRAINTREE_PUBLIC_KEY=fake_public \
         BRAINTREE_PRIVATE_KEY=fake_private ACCESS_LOG=off LOG_LEVEL=warn MAX_CONNECTIONS=20000 \
-        taskset -c "$CLIENT_CPU" "$FAKE_BIN" --listen "127.0.0.1:$FAKE_PORT" --latency-ms "$1" \
+        taskset -c "$LOADGEN_CPUS" "$FAKE_BIN" --listen "127.0.0.1:$FAKE_PORT" --latency-ms "$1" \
         2>>"$OUT/fake.stderr" &
     FAKE_PID=$!
     if ! wait_http "http://127.0.0.1:$FAKE_PORT/__control/stats" 10 "$FAKE_PID"; then
@@ -240,6 +267,10 @@ stack_cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     stop_pid "$LOADGEN_PID" "load generator" 5
+    local p
+    for p in ${BG_PIDS:-}; do # helpers a scenario started in the background (slow clients)
+        stop_pid "$p" "background helper" 10
+    done
     stop_server
     stop_fake
     stack_stop
@@ -352,8 +383,12 @@ measured() {
     n0=$(pgrep -c -P "$PG_POSTMASTER" 2>/dev/null || echo 0)
     read -r s0b s0t < <(cpu_ticks "$SERVER_CPU")
     read -r c0b c0t < <(cpu_ticks "$CLIENT_CPU")
+    local srvpids ex0 ex1
+    srvpids=$(tree_pids "$SERVER_PID" | tr '\n' ' ')
     # shellcheck disable=SC2086
-    srv0=$(proc_ticks $SERVER_PID)
+    srv0=$(proc_ticks $srvpids)
+    # shellcheck disable=SC2086
+    ex0=$(proc_ticks $EXTRA_PIDS)
     pg0=$(pg_ticks)
     rd0=$(proc_ticks "$REDIS_PID")
     # shellcheck disable=SC2086
@@ -373,7 +408,9 @@ measured() {
     done
     ch1=$(self_children_ticks)
     # shellcheck disable=SC2086
-    srv1=$(proc_ticks $SERVER_PID)
+    srv1=$(proc_ticks $srvpids)
+    # shellcheck disable=SC2086
+    ex1=$(proc_ticks $EXTRA_PIDS)
     pg1=$(pg_ticks)
     rd1=$(proc_ticks "$REDIS_PID")
     # shellcheck disable=SC2086
@@ -384,7 +421,7 @@ measured() {
     x1=$(xacts)
     [[ $rc -eq 0 ]] || log "the load generator exited with status $rc (output: $file)"
     # Work that is not ours, on both cores together, as a share of one core.
-    ours=$(((srv1 - srv0) + (pg1 - pg0) + (rd1 - rd0) + (fk1 - fk0) + (ch1 - ch0)))
+    ours=$(((srv1 - srv0) + (pg1 - pg0) + (rd1 - rd0) + (fk1 - fk0) + (ch1 - ch0) + (ex1 - ex0)))
     busy=$(((s1b - s0b) + (c1b - c0b)))
     total=$(((s1t - s0t + c1t - c0t) / 2))
     other=$(((busy - ours) * 100 / (total > 0 ? total : 1)))
@@ -393,9 +430,9 @@ measured() {
         noisy=1
         log "noisy run: work that is not ours took ${other}% of a core"
     fi
-    printf '%s file=%s secs=%s clk=%s server=%s pg=%s redis=%s fake=%s loadgen=%s core_s_busy=%s core_s_total=%s core_c_busy=%s core_c_total=%s other=%s noisy=%s auth_lookups=%s xacts=%s rc=%s\n' \
+    printf '%s file=%s secs=%s clk=%s server=%s pg=%s redis=%s fake=%s loadgen=%s extra=%s core_s_busy=%s core_s_total=%s core_c_busy=%s core_c_total=%s other=%s noisy=%s auth_lookups=%s xacts=%s rc=%s\n' \
         "$fields" "$file" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')" "$CLK_TCK" \
-        $((srv1 - srv0)) $((pg1 - pg0)) $((rd1 - rd0)) $((fk1 - fk0)) $((ch1 - ch0)) \
+        $((srv1 - srv0)) $((pg1 - pg0)) $((rd1 - rd0)) $((fk1 - fk0)) $((ch1 - ch0)) $((ex1 - ex0)) \
         $((s1b - s0b)) $((s1t - s0t)) $((c1b - c0b)) $((c1t - c0t)) "$other" "$noisy" \
         $((a1 - a0)) $((x1 - x0)) "$rc" >>"$runfile"
     if [[ -n $SERVER_PID ]] && ! kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -431,7 +468,7 @@ measure_side() {
 wrk_cmd() {
     local secs
     secs=$(seconds_of "$2")
-    printf '%s\n' timeout --kill-after=5 $((secs + 60)) taskset -c "$CLIENT_CPU" wrk -t1 -c"$1" \
+    printf '%s\n' timeout --kill-after=5 $((secs + 60)) taskset -c "$LOADGEN_CPUS" wrk -t1 -c"$1" \
         -d"$2" --timeout 30s --latency -s "$3" "$4"
 }
 
@@ -441,7 +478,7 @@ pgbench_cmd() {
     local c=$1 d=$2 script=$3 secs v
     shift 3
     secs=$(seconds_of "$d")
-    printf '%s\n' timeout --kill-after=5 $((secs + 60)) taskset -c "$CLIENT_CPU" pgbench -n -M prepared \
+    printf '%s\n' timeout --kill-after=5 $((secs + 60)) taskset -c "$LOADGEN_CPUS" pgbench -n -M prepared \
         -c "$c" -j 1 -T "$secs" -f "$script" -h 127.0.0.1 -p "$BENCH_PG_PORT" -U limits
     for v in "$@"; do
         printf '%s\n' -D "$v"
@@ -457,7 +494,7 @@ machine_lines() {
         "$(pgbench --version)" "$(psql_admin -Atc 'SELECT version()' | cut -d, -f1)" \
         "$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')"
     printf -- '- pinning (taskset): limits on CPU %s, PostgreSQL (postmaster and every backend) on CPU %s, Redis on CPU %s; wrk, pgbench and the fake gateway on CPU %s\n' \
-        "$SERVER_CPU" "$PG_CPU" "$REDIS_CPU" "$CLIENT_CPU"
+        "$SERVER_AFFINITY" "$PG_CPU" "$REDIS_CPU" "$LOADGEN_CPUS"
     printf -- '- open-files limit %s\n' "$(ulimit -Sn)"
 }
 
@@ -572,7 +609,7 @@ for line in open(keys):
           f'output = "/dev/null"\nwrite-out = "%{{http_code}}\\n"\nsilent')
     n += 1
 PY
-    timeout --kill-after=5 600 taskset -c "$CLIENT_CPU" curl --noproxy '*' -s --parallel \
+    timeout --kill-after=5 600 taskset -c "$LOADGEN_CPUS" curl --noproxy '*' -s --parallel \
         --parallel-immediate --parallel-max "$par" --max-time 60 -K "$cfg" >"$outfile" \
         2>"$outfile.stderr" || true
     summary=$(sort "$outfile" | uniq -c | awk '{ printf " %s=%s", $2, $1 }')

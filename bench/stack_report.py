@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""bench/stack_report.py: the markdown tables of bench/cards.sh, tokens.sh and loads.sh.
+"""bench/stack_report.py: the markdown tables of bench/cards.sh, tokens.sh, loads.sh,
+slowloris.sh, workers.sh and redis.sh.
 
-    stack_report.py RUNS_FILE
+    stack_report.py RUNS_FILE [ROWS_FILE]
 
 RUNS_FILE has one line per measured run, key=value words written by measured() in
 bench/stack_lib.sh: case, side (limits or pgbench), conns, round, attempt, goal (optional: see
@@ -9,16 +10,26 @@ below), file (the load generator's output), secs, clk, CPU jiffies of server, pg
 loadgen over the run, core_* busy/total jiffies, other (% of a core taken by work that is not
 ours), noisy, auth_lookups, xacts (PostgreSQL transactions), rc.
 
-Goals, on the limits line of a case (the `goal` field):
-    ratio:X         limits req/s >= X * the pgbench tps of the same case
-    abs:X           limits req/s >= X
-    minratio:X:B    limits req/s >= X * min(B, pgbench tps of the same case)
-    bound:X         limits req/s >= X * the run's `bound` field (Little's law: conns / latency)
-The "vs" column is the ratio to the pgbench baseline of the case, or to `bound` when given.
+Optional fields: tool (wrk, pgbench or redis-benchmark: how to read the output file; default
+pgbench when side is pgbench, else wrk), extra (CPU jiffies of other processes of ours, such as
+the slow clients of slowloris.sh), bound, label.
+
+Goals, on a line of a case (the `goal` field; `baseline` marks the line the others of the case
+are compared with, by default the pgbench line; `info` or no goal: no verdict):
+    ratio:X         req/s >= X * the baseline's rate (pgbench tps, or another side's req/s)
+    abs:X           req/s >= X
+    minratio:X:B    req/s >= X * min(B, the baseline's rate)
+    bound:X         req/s >= X * the run's `bound` field (Little's law: conns / latency)
+    latmax:X        p50 <= X * the baseline's p50 and p99 <= X * the baseline's p99
+The "vs" column is the rate's ratio to the baseline of the case, or to `bound` when given.
 Per case and side, figures are medians over the quiet runs (noisy ones when there are no quiet
 ones; the verdict is then "inconclusive (noisy)"). Exit status: 0 all goals met, 1 a goal missed
-or errors seen (non-2xx, socket errors, statuses other than 200 in a limits run), 3 a verdict
-inconclusive.
+or errors seen (non-2xx, socket errors, statuses other than 200 in a measured HTTP run), 3 a
+verdict inconclusive.
+
+ROWS_FILE, when given, gets one tab-separated line per verdict, for bench/all.sh: what was
+measured, the figure, the baseline, the ratio, the goal, the result (pass, FAIL or
+inconclusive).
 """
 import re
 import statistics
@@ -77,6 +88,30 @@ def parse_pgbench(text, out):
             out["error_lines"].append(s)
 
 
+def parse_redis_benchmark(text, out):
+    """redis-benchmark --csv: a header line, then "test","rps","avg_latency_ms",...,"p50_latency_ms",
+    "p95_latency_ms","p99_latency_ms","max_latency_ms"."""
+    lines = [l for l in text.splitlines() if l.startswith('"')]
+    if len(lines) < 2:
+        out["errors"] += 1
+        out["error_lines"].append("no redis-benchmark --csv result")
+        return
+    head = [h.strip('"') for h in lines[0].split('","')]
+    vals = [v.strip('"') for v in lines[-1].rsplit('","', len(head) - 1)]
+    row = dict(zip(head, vals))
+    out["rate"] = float(row.get("rps", 0) or 0)
+    out["p50"] = float(row.get("p50_latency_ms", "nan")) * 1e3
+    out["p99"] = float(row.get("p99_latency_ms", "nan")) * 1e3
+    m = re.search(r"^requests: (\d+)", text, re.M)  # written by bench/redis.sh before the run
+    if m:
+        out["count"] = int(m.group(1))
+    for l in text.splitlines():
+        if "ERR" in l or "NOSCRIPT" in l or "Error" in l:
+            out["errors"] += 1
+            out["error_lines"].append(l.strip()[:200])
+            break
+
+
 def load_runs(path):
     runs = []
     for line in open(path, encoding="utf-8"):
@@ -89,14 +124,17 @@ def load_runs(path):
             text = open(f["file"], encoding="utf-8", errors="replace").read()
         except OSError:
             text = ""
-        (parse_pgbench if f["side"] == "pgbench" else parse_wrk)(text, r)
+        tool = f.get("tool", "pgbench" if f["side"] == "pgbench" else "wrk")
+        r["tool"] = tool
+        {"wrk": parse_wrk, "pgbench": parse_pgbench,
+         "redis-benchmark": parse_redis_benchmark}[tool](text, r)
         if f.get("rc", "0") != "0":
             r["errors"] += 1
             r["error_lines"].append(f"load generator exit status {f['rc']}")
         clk, secs = int(f["clk"]), float(f["secs"])
         n = r["count"] or 1
-        for part in ("server", "pg", "redis", "fake", "loadgen"):
-            ticks = int(f[part])
+        for part in ("server", "pg", "redis", "fake", "loadgen", "extra"):
+            ticks = int(f.get(part, 0))
             r[part + "_us"] = ticks / clk * 1e6 / n      # CPU µs per request
             r[part + "_cores"] = ticks / clk / secs      # share of one core
         r["core_s"] = int(f["core_s_busy"]) / max(1, int(f["core_s_total"]))
@@ -145,12 +183,17 @@ def main():
 
     def baseline(case):
         for k in order:
-            if k[0] == case and k[1] == "pgbench" and groups[k][0]["goal"] == "baseline":
+            if k[0] == case and groups[k][0]["goal"] == "baseline":
                 return k
         return None
 
+    def unit(key):
+        return {"pgbench": "tps", "redis-benchmark": "calls/s"}.get(groups[key][0]["tool"], "req/s")
+
+    rows = []
+
     status = 0
-    print("| case | side | conns | req/s or tps | p50 | p99 | errors | vs pgbench or bound | goal | result "
+    print("| case | side | conns | req/s or tps | p50 | p99 | errors | vs baseline or bound | goal | result "
           "| server CPU/req | PG CPU/req | Redis CPU/req | fake CPU/req | server core busy "
           "| client core busy "
           "| other work | auth lookups/req | PG xacts/req | runs used | rate of every run |")
@@ -171,26 +214,47 @@ def main():
         if bound == bound:
             ratio = rate / bound
         goal_txt, verdict = "-", "-"
-        if side == "pgbench":
+        if rs[0]["tool"] == "pgbench":
             p50, p99 = "-", f"avg {fmt_lat(med(key, 'lat_avg'))}"
-            goal_txt = "baseline" if goal == "baseline" else "(information)"
         else:
             p50, p99 = fmt_lat(med(key, "p50")), fmt_lat(med(key, "p99"))
-        if side == "limits" and goal:
+        if goal in ("baseline", "info"):
+            goal_txt = "baseline" if goal == "baseline" else "(information)"
+        bname = f"{b[1]} c{b[2]}" if b else "baseline"
+        btxt = f"{bname}: {brate:.0f} {unit(b)}" if b else "-"
+        label = f"{rs[0]['label']} {side} c{conns}"
+        figure = f"{rate:.0f} {unit(key)}"
+        if goal and goal not in ("baseline", "info"):
             kind, *args = goal.split(":")
+            row_ratio, row_base, row_goal = ratio, btxt, ""
+            lat_ok = True
             if kind == "ratio":
                 need = float(args[0]) * brate
-                goal_txt = f"≥ {float(args[0]):.2f} × pgbench = {need:.0f}/s"
+                goal_txt = f"≥ {float(args[0]):.2f} × {bname} = {need:.0f}/s"
+                row_goal = f"≥ {float(args[0]):.2f}"
             elif kind == "abs":
                 need = float(args[0])
                 goal_txt = f"≥ {need:.0f}/s"
+                row_ratio, row_base, row_goal = float("nan"), "-", goal_txt
             elif kind == "bound":
                 need = float(args[0]) * bound
                 goal_txt = f"≥ {float(args[0]):.2f} × {bound:.0f} = {need:.0f}/s"
+                row_base, row_goal = f"Little's bound {bound:.0f}/s", f"≥ {float(args[0]):.2f}"
             elif kind == "minratio":
                 x, cap = float(args[0]), float(args[1])
                 need = x * min(cap, brate)
-                goal_txt = f"≥ {x:.2f} × min({cap:.0f}, pgbench) = {need:.0f}/s"
+                goal_txt = f"≥ {x:.2f} × min({cap:.0f}, {bname}) = {need:.0f}/s"
+                row_ratio = rate / min(cap, brate) if brate else float("nan")
+                row_base = f"min({cap:.0f}/s, {btxt})"
+                row_goal = f"≥ {x:.2f}"
+            elif kind == "latmax":
+                x = float(args[0])
+                need = 0.0  # no rate goal
+                bp50, bp99 = med(b, "p50") if b else float("nan"), med(b, "p99") if b else float("nan")
+                r50 = med(key, "p50") / bp50 if bp50 else float("nan")
+                r99 = med(key, "p99") / bp99 if bp99 else float("nan")
+                lat_ok = r50 <= x and r99 <= x
+                goal_txt = f"p50 and p99 ≤ {x:.2f} × {bname} (p50 {r50:.2f}×, p99 {r99:.2f}×)"
             else:
                 need = float("nan")
             noisy = any(r["noisy"] for r in used(key) + (used(b) if b else []))
@@ -199,18 +263,37 @@ def main():
             elif need != need:
                 verdict = "n/a"
             elif noisy:
-                verdict = "inconclusive (noisy)" + (" - below" if rate < need else " - above")
+                verdict = "inconclusive (noisy)" + (" - below" if rate < need or not lat_ok
+                                                    else " - above")
             else:
-                verdict = "pass" if rate >= need else "**FAIL**"
+                verdict = "pass" if rate >= need and lat_ok else "**FAIL**"
             if verdict.startswith("**FAIL"):
                 status = 1
             elif verdict.startswith("inconclusive") and status == 0:
                 status = 3
-        elif side == "limits" and errors:
+            plain = verdict.replace("*", "")
+            err_txt = f", {errors} errors" if errors else ""
+            if kind == "latmax":
+                for q, rq in (("p50", r50), ("p99", r99)):
+                    if errors:
+                        v = "FAIL"
+                    elif noisy:
+                        v = "inconclusive (noisy)"
+                    else:
+                        v = "pass" if rq <= x else "FAIL"
+                    rows.append((f"{label} {q}", f"{fmt_lat(med(key, q))}{err_txt}",
+                                 f"{bname}: {fmt_lat(med(b, q)) if b else '-'}",
+                                 f"{rq:.2f}", f"≤ {x:.2f}", v))
+            else:
+                rows.append((label, figure + err_txt, row_base,
+                             "-" if row_ratio != row_ratio else f"{row_ratio:.2f}",
+                             row_goal or goal_txt, plain))
+        elif errors and (rs[0]["tool"] == "wrk" or side == "limits"):
             verdict = "**errors**"
             status = 1
+            rows.append((label, f"{figure}, {errors} errors", "-", "-", "no errors", "FAIL"))
         print(f"| {rs[0]['label']} | {side} | {conns} | {rate:.0f} | {p50} | {p99} | {errors} "
-              f"| {'-' if ratio != ratio or side == 'pgbench' else f'{ratio:.2f}'} | {goal_txt} "
+              f"| {'-' if ratio != ratio or goal == 'baseline' or rs[0]['tool'] == 'pgbench' else f'{ratio:.2f}'} | {goal_txt} "
               f"| {verdict} "
               f"| {med(key, 'server_us'):.1f} µs | {med(key, 'pg_us'):.1f} µs "
               f"| {med(key, 'redis_us'):.1f} µs | {med(key, 'fake_us'):.1f} µs "
@@ -233,6 +316,10 @@ def main():
             if r["error_lines"]:
                 print(f"\n{key[0]} {key[1]} c{key[2]} round {r['round']} attempt "
                       f"{r['attempt']}: " + "; ".join(r["error_lines"]))
+    if len(sys.argv) > 2:
+        with open(sys.argv[2], "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write("\t".join(str(c).replace("\t", " ") for c in row) + "\n")
     return status
 
 

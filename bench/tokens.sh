@@ -83,7 +83,7 @@ last_lat=${LATENCIES##* }
     machine_lines
     printf -- '- data: %s users; wrk rotates over %s of them (KEYSET=%s), each of which called POST /tokens/ once before (%s)\n' \
         "$USERS" "$ACTIVE" "$KEYSET" "$warm"
-    printf -- '- limits: `LISTEN=127.0.0.1:%s ACCESS_LOG=off DATABASE_URL=%s REDIS_URL=%s BRAINTREE_ENVIRONMENT=http://127.0.0.1:%s BRAINTREE_MERCHANT_ID=fake_merchant BRAINTREE_PUBLIC_KEY=fake_public BRAINTREE_PRIVATE_KEY=... taskset -c %s limits serve`\n' \
+    printf -- '- limits: `LISTEN=127.0.0.1:%s ACCESS_LOG=off WORKERS=1 DATABASE_URL=%s REDIS_URL=%s BRAINTREE_ENVIRONMENT=http://127.0.0.1:%s BRAINTREE_MERCHANT_ID=fake_merchant BRAINTREE_PUBLIC_KEY=fake_public BRAINTREE_PRIVATE_KEY=... taskset -c %s limits serve`\n' \
         "$OUR_PORT" "$STACK_DB_URL" "$STACK_REDIS_URL" "$FAKE_PORT" "$SERVER_CPU"
     printf -- '- fake: `taskset -c %s limits-fake-braintree --listen 127.0.0.1:%s --latency-ms 0`, latency then set with `POST /__control/faults {"mode": "latency", "latency_ms": N, "scope": "all"}`\n' \
         "$CLIENT_CPU" "$FAKE_PORT"
@@ -117,7 +117,7 @@ for lat in $LATENCIES; do
 done
 
 failed=0
-python3 "$BENCH_DIR/stack_report.py" "$RUNS" >>"$OUT/summary.md" || failed=$?
+python3 "$BENCH_DIR/stack_report.py" "$RUNS" "$OUT/rows.tsv" >>"$OUT/summary.md" || failed=$?
 curl -s --noproxy '*' "http://127.0.0.1:$FAKE_PORT/__control/stats" >"$OUT/fake-stats.json" || true
 {
     echo

@@ -7,6 +7,11 @@ wrk_cpu_seconds clk_tck noisy), parses each wrk --latency output and prints, per
 server, the median over rounds of req/s, p50 and p99, the ratios of limits to nginx and the
 verdict against the goals (inconclusive when a side has only noisy runs). Runs flagged noisy (other work took a share of a core during the run)
 are left out of the medians when quiet runs of the same case exist. Exit status 1 when a goal is missed or a run had errors, 3 when a verdict is inconclusive.
+
+    wrk_report.py RUNS_FILE [ROWS_FILE]
+
+ROWS_FILE, when given, gets tab-separated lines for bench/all.sh (what, figure, baseline, ratio,
+goal, result): per connection count one for req/s and one for p99, limits against nginx.
 """
 import re
 import statistics
@@ -92,6 +97,7 @@ def main():
     nrounds = max((len({r["round"] for r in v}) for v in runs.values()), default=0)
     any_noisy_used = any(r["noisy"] for k in runs for r in used(k))
     status = 0
+    rows = []
     print("| scenario | server | conns | req/s | p50 | p99 | errors | req/s vs nginx "
           "| p99 vs nginx | goal | result | server CPU | other load on server core "
           "| wrk CPU | runs used | req/s of every run |")
@@ -132,6 +138,20 @@ def main():
                     status = 3
                 ratio_cells = (f"{rr:.2f}", f"{pr:.2f}",
                                f"≥ {RPS_GOAL:.2f}, ≤ {P99_GOAL:.2f}, 0 errors", verdict)
+
+                def part(ok):
+                    if errors:
+                        return "FAIL"
+                    if noisy:
+                        return "inconclusive (noisy)"
+                    return "pass" if ok else "FAIL"
+                err_txt = f", {errors} errors" if errors else ""
+                rows.append((f"GET /healthz c{conns} req/s", f"limits {rps:.0f} req/s{err_txt}",
+                             f"nginx {nrps:.0f} req/s", f"{rr:.2f}", f"≥ {RPS_GOAL:.2f}",
+                             part(rr >= RPS_GOAL)))
+                rows.append((f"GET /healthz c{conns} p99", f"limits {fmt_lat(p99)}{err_txt}",
+                             f"nginx {fmt_lat(np99)}", f"{pr:.2f}", f"≤ {P99_GOAL:.2f}",
+                             part(pr <= P99_GOAL)))
             print(f"| healthz | {server} | {conns} | {rps:.0f} | {fmt_lat(p50)} | {fmt_lat(p99)} "
                   f"| {errors} | {' | '.join(ratio_cells)} | {' | '.join(cpu)} | {per_round} |")
     print()
@@ -149,6 +169,10 @@ def main():
         for r in runs[key]:
             if r["error_lines"]:
                 print(f"\n{key[1]} c{key[0]} round {r['round']}: " + "; ".join(r["error_lines"]))
+    if len(sys.argv) > 2:
+        with open(sys.argv[2], "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write("\t".join(row) + "\n")
     return status
 
 
