@@ -154,10 +154,9 @@ int lim_metrics_enabled(void)
 
 static void hist_observe(hist_t *h, uint64_t dur_ns)
 {
-    uint64_t us = dur_ns / 1000;
     size_t i = 0;
 
-    while (i < N_BUCKETS && us > bucket_us[i])
+    while (i < N_BUCKETS && dur_ns > bucket_us[i] * 1000)
         i++;
     if (i < N_BUCKETS)
         cell_add(&h->bucket[i], 1);
@@ -172,7 +171,9 @@ void lim_metrics_http(const lim_route_t *route, int status, uint64_t dur_ns)
 
     if (self.slot == NULL)
         return;
-    if (route != NULL && route >= self.routes && route < self.routes + self.n_routes)
+    /* Compared as integers: `route` may point into another table (the fake gateway's). */
+    if (route != NULL && (uintptr_t) route >= (uintptr_t) self.routes &&
+        (uintptr_t) route < (uintptr_t) (self.routes + self.n_routes))
         r = self.route_idx[route - self.routes];
     st = status >= 100 && status <= 599 ? status - 100 : ST_DROPPED;
     cell_add(&self.slot->http[r][st], 1);
@@ -392,6 +393,10 @@ static void render_hist(render_t *r, const char *name, const char *labels, size_
         emit(r, "%s_bucket{%s,le=\"%g\"} %llu\n", name, labels, (double) bucket_us[b] / 1e6,
              (unsigned long long) cum);
     }
+    /* The cells are read one by one while others may record: never let +Inf and _count fall
+     * below the last bucket. */
+    if (count < cum)
+        count = cum;
     emit(r, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, labels, (unsigned long long) count);
     emit(r, "%s_sum{%s} %.9f\n", name, labels, (double) sum_ns / 1e9);
     emit(r, "%s_count{%s} %llu\n", name, labels, (unsigned long long) count);

@@ -37,7 +37,7 @@
 #include "lim/router.h"
 
 #define LIM_METRICS_MAX_WORKERS 256
-#define LIM_METRICS_MAX_ROUTES  24 /* distinct route names; more share the "other" label */
+#define LIM_METRICS_MAX_ROUTES  24 /* distinct route names; more are counted as route "none" */
 
 /* Things counted at the place they happen (one cell each). */
 typedef enum lim_metric_e {

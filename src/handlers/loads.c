@@ -596,6 +596,7 @@ static void load_authed(lim_req_t *req, int64_t user_id)
         lim_loadreq_parse(ct, ct_len, req->body, req->body_len, body) != 0) {
         free(body);
         free(c);
+        lim_metrics_count(LIM_M_LOAD_UNAVAILABLE);
         lim_respond_unavailable(req, "The server is out of memory; try again shortly.");
         return;
     }
@@ -626,6 +627,7 @@ static void load_authed(lim_req_t *req, int64_t user_id)
     free(body);
     if (lim_order_id(c->order_id, sizeof(c->order_id)) != 0) {
         free(c);
+        lim_metrics_count(LIM_M_LOAD_UNAVAILABLE);
         lim_respond_unavailable(req, "The server cannot make an order id; try again shortly.");
         return;
     }
@@ -646,6 +648,7 @@ static void load_authed(lim_req_t *req, int64_t user_id)
     if (lim_store_idem_begin(app->store, user_id, c->idem_key, fp, IDEM_STALE_MS, on_idem, c) !=
         0) {
         free(c);
+        lim_metrics_count(LIM_M_LOAD_UNAVAILABLE);
         lim_respond_unavailable(req, "The database is not available; try again shortly.");
     }
 }
