@@ -1,7 +1,8 @@
 /*
  * fuzz_loadreq.c: libFuzzer harness for loadreq.c (build and run: fuzz/README.md).
  *
- * Input: the first byte picks the Content-Type, the rest is the body. For every input:
+ * Input: the first byte picks the Content-Type, the rest is the body (a form Content-Type with
+ * a body that starts with '{' is read as JSON, as loadreq.c does). For every input:
  *   - lim_loadreq_parse() does not crash and keeps its contract: at most
  *     LIM_LOADREQ_MAX_ERRORS errors with known codes, and with no error an amount in
  *     (0, LIM_MONEY_MAX_MINOR] and a non-empty nonce of visible ASCII;
@@ -280,7 +281,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *ct = content_types[data[0] % LIM_ARRAY_SIZE(content_types)];
     const char *body = (const char *) data + 1;
     size_t len = size - 1;
-    bool form = data[0] % LIM_ARRAY_SIZE(content_types) >= 2;
+    /* A form Content-Type with a body that starts (after blanks) with '{' is read as JSON,
+     * as curl -d '{...}' sends it (loadreq.c, looks_like_json). */
+    size_t lead = 0;
+    while (lead < len &&
+           (body[lead] == ' ' || body[lead] == '\t' || body[lead] == '\r' || body[lead] == '\n'))
+        lead++;
+    bool form = data[0] % LIM_ARRAY_SIZE(content_types) >= 2 && !(lead < len && body[lead] == '{');
 
     memset(&out, 0xa5, sizeof(out)); /* the header says out needs no initialisation */
     int rc = lim_loadreq_parse(ct, ct != NULL ? strlen(ct) : 0, body, len, &out);

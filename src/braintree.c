@@ -155,6 +155,11 @@ struct lim_bt_parsed_s {
 static void copy_bounded(char *dst, size_t size, const char *src, size_t len)
 {
     size_t n = len < size - 1 ? len : size - 1;
+
+    /* Never cut inside a UTF-8 sequence: the text ends up in JSON answers (found by fuzzing). */
+    if (n < len)
+        while (n > 0 && ((unsigned char) src[n] & 0xC0) == 0x80)
+            n--;
     memcpy(dst, src, n);
     dst[n] = '\0';
 }

@@ -285,6 +285,8 @@ static int finish_message(lim_buf_t *b, int rc, char **err)
     return UV_EINVAL;
 }
 
+static size_t key_echo_len(const char *key);
+
 static int unknown_key_error(const char *key, const char *value, const char *origin, unsigned line,
                              char **err)
 {
@@ -294,7 +296,7 @@ static int unknown_key_error(const char *key, const char *value, const char *ori
     if (rc == 0)
         rc = lim_buf_append_str(&b, "unknown key ");
     if (rc == 0)
-        rc = echo(&b, key, strlen(key), REVEAL_VALUE);
+        rc = echo(&b, key, key_echo_len(key), REVEAL_VALUE);
     if (rc == 0)
         rc = lim_buf_append_str(&b, " (value ");
     if (rc == 0)
@@ -644,7 +646,7 @@ static int syntax_error(const char *origin, unsigned line, const char *key, cons
     if (rc == 0 && key != NULL && find_key(key) != NULL)
         rc = lim_buf_append_str(&b, key);
     else if (rc == 0 && key != NULL)
-        rc = echo(&b, key, strlen(key), REVEAL_VALUE);
+        rc = echo(&b, key, key_echo_len(key), REVEAL_VALUE);
     if (rc == 0 && key != NULL)
         rc = lim_buf_append_str(&b, ": ");
     if (rc == 0)
@@ -658,17 +660,52 @@ static int syntax_error(const char *origin, unsigned line, const char *key, cons
 
 /* For a line that is not KEY = value: hide it if it begins with a secret-looking name
  * ("BRAINTREE_PRIVATE_KEY: abc", "API_TOKEN abc"). */
+static int is_name_byte(char ch)
+{
+    return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+           ch == '_';
+}
+
+/* Every word of the line counts, not only the first: "export BRAINTREE_PRIVATE_KEY=..." must
+ * be hidden too (found by fuzzing). The most hiding verdict wins. */
 static reveal_t reveal_for_line(const char *s, size_t len)
 {
-    char name[64];
+    reveal_t verdict = REVEAL_VALUE;
+    size_t i = 0;
+
+    while (i < len) {
+        char name[64];
+        size_t n = 0;
+        reveal_t r;
+
+        while (i < len && !is_name_byte(s[i]))
+            i++;
+        while (i < len && is_name_byte(s[i])) {
+            if (n < sizeof(name) - 1)
+                name[n++] = s[i];
+            i++;
+        }
+        if (n == 0)
+            break;
+        name[n] = '\0';
+        r = reveal_for(name);
+        if (r > verdict) /* REVEAL_NOTHING hides more than REVEAL_VALUE */
+            verdict = r;
+    }
+    return verdict;
+}
+
+/* An unknown key as it may be echoed: when it looks secret, only its leading name part (a key
+ * glued to its value, "BRAINTREE_PRIVATE_KEY:secret", must not show the value). */
+static size_t key_echo_len(const char *key)
+{
     size_t n = 0;
-    while (n < len && n < sizeof(name) - 1 &&
-           ((s[n] >= 'A' && s[n] <= 'Z') || (s[n] >= 'a' && s[n] <= 'z') ||
-            (s[n] >= '0' && s[n] <= '9') || s[n] == '_'))
+
+    if (reveal_for_line(key, strlen(key)) == REVEAL_VALUE)
+        return strlen(key);
+    while (is_name_byte(key[n]))
         n++;
-    memcpy(name, s, n);
-    name[n] = '\0';
-    return n > 0 ? reveal_for(name) : REVEAL_VALUE;
+    return n;
 }
 
 /*

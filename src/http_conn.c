@@ -165,11 +165,21 @@ static int on_url(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+/* Trailer fields of a chunked body come through the header callbacks too. They are ignored:
+ * appending them to the head buffer could move it under req->path (found by fuzzing), and no
+ * handler wants them. The body phase starts at headers-complete for chunked bodies. */
+static int in_trailers(const lim_conn_t *c)
+{
+    return c->phase == LIM_PHASE_BODY;
+}
+
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     lim_conn_t *c = conn_of(p);
     lim_reqmem_t *m = c->mem;
 
+    if (in_trailers(c))
+        return 0;
     if (!c->in_field) {
         if (m->n_hdr >= LIM_HTTP_MAX_HEADERS)
             return stop_with(c, 431);
@@ -186,6 +196,8 @@ static int on_header_field_complete(llhttp_t *p)
     lim_conn_t *c = conn_of(p);
     lim_reqmem_t *m = c->mem;
 
+    if (in_trailers(c))
+        return 0;
     if (!c->in_field) /* llhttp does not report empty names, but be safe */
         return stop_with(c, 400);
     m->hdr[m->n_hdr].name_len = (uint16_t) (m->head.len - m->hdr[m->n_hdr].name_off);
@@ -198,6 +210,8 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
     lim_conn_t *c = conn_of(p);
     lim_reqmem_t *m = c->mem;
 
+    if (in_trailers(c))
+        return 0;
     if (!c->in_value) {
         m->hdr[m->n_hdr].value_off = (uint16_t) m->head.len;
         c->in_value = 1;
@@ -212,6 +226,8 @@ static int on_header_value_complete(llhttp_t *p)
     lim_conn_t *c = conn_of(p);
     lim_reqmem_t *m = c->mem;
 
+    if (in_trailers(c))
+        return 0;
     /* An empty value has no data callback, only this one. */
     if (!c->in_value)
         m->hdr[m->n_hdr].value_off = (uint16_t) m->head.len;
@@ -284,6 +300,11 @@ static int on_message_complete(llhttp_t *p)
     lim_conn_t *c = conn_of(p);
 
     c->msg_ready = 1;
+    /* Pausing here hides HPE_PAUSED_UPGRADE for this message (found by fuzzing: the next
+     * bytes then reported it with no request in memory). Note the upgrade (or CONNECT) now: we
+     * answer the request and close, never switching protocols. */
+    if (p->upgrade)
+        c->upgrade = 1;
     return HPE_PAUSED; /* stop here: the handler runs before the next request is parsed */
 }
 
@@ -358,6 +379,10 @@ static size_t conn_parse(lim_conn_t *c, const char *data, size_t len)
         return len;
     case HPE_PAUSED_UPGRADE:
         /* We do no upgrades: answer the request as usual and close after it. */
+        if (c->mem == NULL) {
+            conn_fail(c, 400); /* no request to answer: a protocol we do not speak */
+            return len;
+        }
         c->upgrade = 1;
         c->msg_ready = 1;
         /* fall through */
