@@ -516,6 +516,14 @@ static int app_serve(const lim_config_t *cfg, int listen_fd, int ready_fd)
         (void) uv_loop_close(&loop);
         return 1;
     }
+    {
+        /* A worker starts with these blocked (workers.c); the loop handles them from now on. */
+        sigset_t mask;
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGTERM);
+        sigprocmask(SIG_UNBLOCK, &mask, NULL);
+    }
     if (ready_fd >= 0) {
         ssize_t n;
         do

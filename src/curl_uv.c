@@ -6,7 +6,17 @@
  * -1 (delete) and never calls back into curl; a poll error is reported as CURL_CSELECT_ERR;
  * CURL_POLL_REMOVE closes our poll before curl may close the socket; the glue outlives
  * curl_multi_cleanup (which may call the socket callback). Easy handles are kept on a free
- * list and reset for reuse, so a request costs no curl_easy_init.
+ * list and reset for reuse, so a request costs no curl_easy_init; request records are kept
+ * too, with their response buffer (small ones only), so a request's answer is not grown by
+ * reallocation again each time.
+ *
+ * System calls: libcurl 7.88 drops the socket of a connection that goes back to its cache
+ * (CURL_POLL_REMOVE) and announces it again for the next transfer; each time the poll is
+ * closed (epoll DEL) and a new one made (uv_poll_init probes with ADD and DEL, then ADD). Keeping
+ * the poll of a removed socket is not safe: libcurl may close the socket afterwards without
+ * telling us (7.88 skips CURLOPT_CLOSESOCKETFUNCTION on some paths), and a libuv handle on a
+ * file descriptor number that was reused elsewhere would break that other user's polling.
+ * What is avoided is re-arming a poll for the events it already waits for.
  */
 #include <curl/curl.h>
 #include <stdlib.h>
@@ -16,7 +26,9 @@
 #include "lim/curl_uv.h"
 #include "lim/log.h"
 
-#define FREE_EASY_MAX 256
+#define FREE_EASY_MAX  256
+#define FREE_REQ_MAX   64          /* request records kept for reuse */
+#define KEEP_RESP_SIZE (32 * 1024) /* response buffers up to this size are kept with them */
 
 typedef struct creq_s creq_t;
 
@@ -28,6 +40,8 @@ struct lim_curl_s {
     creq_t *reqs;     /* in flight */
     CURL *free_easy[FREE_EASY_MAX];
     unsigned n_free;
+    creq_t *free_reqs; /* finished request records, linked by next */
+    unsigned n_free_reqs;
     int closing;
     unsigned closes_pending;
     lim_curl_closed_cb closed_cb;
@@ -38,6 +52,7 @@ struct lim_curl_s {
 typedef struct csock_s {
     uv_poll_t poll;
     curl_socket_t fd;
+    int events; /* what the poll waits for */
     lim_curl_t *cu;
 } csock_t;
 
@@ -95,6 +110,10 @@ static int on_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp, vo
         }
         return 0;
     }
+    if (what & CURL_POLL_IN)
+        events |= UV_READABLE;
+    if (what & CURL_POLL_OUT)
+        events |= UV_WRITABLE;
     if (cs == NULL) {
         cs = malloc(sizeof(*cs));
         if (cs == NULL)
@@ -104,13 +123,15 @@ static int on_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp, vo
             return -1;
         }
         cs->fd = s;
+        cs->events = 0;
         cs->cu = cu;
         curl_multi_assign(cu->multi, s, cs);
+    } else if (events == cs->events && uv_is_active((uv_handle_t *) &cs->poll)) {
+        /* uv_poll_start always stops first (epoll DEL, then ADD): skip a no-op re-arm. A poll
+         * libuv stopped on an error is not active and is started again. */
+        return 0;
     }
-    if (what & CURL_POLL_IN)
-        events |= UV_READABLE;
-    if (what & CURL_POLL_OUT)
-        events |= UV_WRITABLE;
+    cs->events = events;
     return uv_poll_start(&cs->poll, events, on_curl_poll) == 0 ? 0 : -1;
 }
 
@@ -200,6 +221,38 @@ static void req_unlink(lim_curl_t *cu, creq_t *r)
     r->prev = r->next = NULL;
 }
 
+/* A request record for the next request: a reused one keeps its response buffer's storage. */
+static creq_t *req_get(lim_curl_t *cu)
+{
+    creq_t *r = cu->free_reqs;
+    lim_buf_t resp;
+
+    if (r == NULL)
+        return calloc(1, sizeof(*r));
+    cu->free_reqs = r->next;
+    cu->n_free_reqs--;
+    resp = r->resp;
+    memset(r, 0, sizeof(*r));
+    r->resp = resp;
+    return r;
+}
+
+static void req_put(lim_curl_t *cu, creq_t *r)
+{
+    if (cu->n_free_reqs < FREE_REQ_MAX && !cu->closing) {
+        if (r->resp.cap > KEEP_RESP_SIZE)
+            lim_buf_free(&r->resp);
+        else
+            lim_buf_reset(&r->resp);
+        r->next = cu->free_reqs;
+        cu->free_reqs = r;
+        cu->n_free_reqs++;
+        return;
+    }
+    lim_buf_free(&r->resp);
+    free(r);
+}
+
 static void easy_release(lim_curl_t *cu, CURL *easy)
 {
     if (cu->n_free < FREE_EASY_MAX && !cu->closing) {
@@ -245,8 +298,7 @@ static void req_finish(lim_curl_t *cu, creq_t *r, CURLcode rc, int cancelled)
 
     easy_release(cu, r->easy);
     curl_slist_free_all(r->hdrs);
-    lim_buf_free(&r->resp);
-    free(r);
+    req_put(cu, r);
 }
 
 static void drain_done(lim_curl_t *cu)
@@ -314,12 +366,12 @@ int lim_curl_request(lim_curl_t *cu, const lim_curl_req_t *req, lim_curl_cb cb, 
         return UV_ECANCELED;
     if (req->url == NULL || req->method == NULL || cb == NULL)
         return UV_EINVAL;
-    r = calloc(1, sizeof(*r));
+    r = req_get(cu);
     if (r == NULL)
         return UV_ENOMEM;
     e = cu->n_free > 0 ? cu->free_easy[--cu->n_free] : curl_easy_init();
     if (e == NULL) {
-        free(r);
+        req_put(cu, r);
         return UV_ENOMEM;
     }
     r->cu = cu;
@@ -328,7 +380,12 @@ int lim_curl_request(lim_curl_t *cu, const lim_curl_req_t *req, lim_curl_cb cb, 
     r->arg = arg;
     r->body_len = req->body_len;
     r->start_ns = uv_hrtime();
-    lim_buf_init(&r->resp, req->max_response ? req->max_response : 1024 * 1024);
+    /* lim_buf_init allocates nothing; a reused record's storage is kept under the new bound
+     * (lim_buf_reserve checks len against max, whatever the capacity). */
+    if (r->resp.data == NULL)
+        lim_buf_init(&r->resp, req->max_response ? req->max_response : 1024 * 1024);
+    else
+        r->resp.max = req->max_response ? req->max_response : 1024 * 1024;
     for (const char *const *h = req->headers; h != NULL && *h != NULL; h++) {
         struct curl_slist *n = curl_slist_append(r->hdrs, *h);
         if (n == NULL)
@@ -380,9 +437,8 @@ int lim_curl_request(lim_curl_t *cu, const lim_curl_req_t *req, lim_curl_cb cb, 
 
 fail:
     curl_slist_free_all(r->hdrs);
-    lim_buf_free(&r->resp);
     easy_release(cu, e);
-    free(r);
+    req_put(cu, r);
     return UV_ENOMEM;
 }
 
@@ -415,6 +471,13 @@ static void on_defer(uv_timer_t *t)
     for (unsigned i = 0; i < cu->n_free; i++)
         curl_easy_cleanup(cu->free_easy[i]);
     cu->n_free = 0;
+    while (cu->free_reqs != NULL) {
+        creq_t *r = cu->free_reqs;
+        cu->free_reqs = r->next;
+        lim_buf_free(&r->resp);
+        free(r);
+    }
+    cu->n_free_reqs = 0;
     /* May call the socket callback: the glue is still alive here. */
     curl_multi_cleanup(cu->multi);
     cu->multi = NULL;

@@ -3,9 +3,19 @@
  *
  * The shape follows c-style-anchors.md §D(d): one parser per connection; data callbacks only
  * append to bounded buffers and the *_complete callbacks finalise; on_message_complete pauses
- * the parser, so the request can be handled (perhaps asynchronously) while reading stops and
- * any pipelined bytes wait in `stash`; once the response is written the parser resumes on the
- * stash, then reading starts again. Responses are therefore strictly in request order.
+ * the parser, so the request can be handled (perhaps asynchronously) while any pipelined bytes
+ * wait in `stash`; once the response is written the parser resumes on the stash. Responses are
+ * therefore strictly in request order.
+ *
+ * Reading stays armed for the connection's life, also while a handler owns a request: stopping
+ * and restarting it per request cost two epoll_ctl calls (libuv re-adds the fd with
+ * EPOLL_CTL_ADD, which fails with EEXIST, then MOD). Bytes that arrive meanwhile go to the
+ * stash, and reading pauses only when the stash is full (LIM_HTTP_STASH_PAUSE, backpressure),
+ * to resume once it has been parsed. Reading on also notices a client that goes away while its
+ * handler runs: a reset closes the connection at once (the handler still finishes, its answer
+ * is dropped, lim_req_gone() says so). An EOF may be a half-close (shutdown(SHUT_WR) after the
+ * last request), so it is not "gone": the requests already received are still answered, and
+ * then the connection closes; to a client that closed completely, that last write is lost.
  *
  * Memory: an idle connection holds only lim_conn_t. Reads land in the server's shared buffer
  * and are parsed in place; only bytes of a following request are copied (to the stash).
@@ -411,11 +421,14 @@ static void conn_input(lim_conn_t *c, const char *data, size_t len)
         }
     }
     c->msg_ready = 0;
+    /* Reading stays armed while the handler runs (see the top of this file). */
     dispatch(c);
-    /* Reading stops only while the answer is pending (an asynchronous handler, a slow write):
-     * an answer written at once leaves the read side armed, which saves the two epoll_ctl
-     * calls a stop and restart would cost on every request. */
-    if (c->reading && !c->closing && (c->handler_active || c->phase == LIM_PHASE_WRITE)) {
+}
+
+/* Stop reading until conn_pump() has parsed the stash (backpressure). */
+static void read_pause(lim_conn_t *c)
+{
+    if (c->reading) {
         uv_read_stop((uv_stream_t *) &c->tcp);
         c->reading = 0;
     }
@@ -426,9 +439,15 @@ void lim__conn_feed(lim_conn_t *c, const char *data, size_t len)
     if (c->closing || c->err_status != 0)
         return;
     if (c->handler_active || c->phase == LIM_PHASE_WRITE || c->stash.len > 0) {
-        /* Busy: keep the bytes for conn_pump(), as a real read would after a resume. */
-        if (lim_buf_append(&c->stash, data, len) != 0)
+        /* Busy: keep the bytes for conn_pump(). A read adds at most LIM_HTTP_READ_BUF bytes,
+         * and reading pauses at LIM_HTTP_STASH_PAUSE, so reads always fit; only bytes fed by
+         * hand (tests) can overflow, which is answered like a request that cannot be taken. */
+        if (lim_buf_append(&c->stash, data, len) != 0) {
             conn_fail(c, 503);
+            return;
+        }
+        if (c->stash.len >= LIM_HTTP_STASH_PAUSE)
+            read_pause(c);
         return;
     }
     conn_input(c, data, len);
@@ -461,12 +480,16 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         uv_read_stop(s);
         c->reading = 0;
         c->eof = 1;
-        /* A request still being handled is answered, then the connection closes; a partial
-         * request can never complete now. */
+        /* A half-close: the requests already received (the one being handled, those in the
+         * stash) are still answered, then the connection closes; a partial request can never
+         * complete now. */
         if (!c->handler_active && c->phase != LIM_PHASE_WRITE)
             conn_close(c, "client closed");
         return;
     }
+    /* A reset or another read error, perhaps while a handler runs: nothing can be sent any
+     * more. The connection closes now; a running handler finishes and its answer is dropped
+     * (lim_req_respond() on a closing connection), and the memory goes after that. */
     conn_close(c, uv_strerror((int) nread));
 }
 
@@ -474,7 +497,9 @@ static void start_reading(lim_conn_t *c)
 {
     int rc;
 
-    if (c->reading || c->eof || c->closing)
+    /* Never after an error answer (conn_fail: nothing more is read), nor with a full stash. */
+    if (c->reading || c->eof || c->closing || c->err_status != 0 ||
+        c->stash.len >= LIM_HTTP_STASH_PAUSE)
         return;
     rc = uv_read_start((uv_stream_t *) &c->tcp, on_alloc, on_read);
     if (rc != 0) {
@@ -484,9 +509,10 @@ static void start_reading(lim_conn_t *c)
     c->reading = 1;
 }
 
-/* Parse whatever is stashed, one request at a time, then read more. Re-entrant calls (a
- * handler answering synchronously inside the loop) only ask the running loop to go on, so the
- * stack stays flat however many requests are pipelined. */
+/* Parse whatever is stashed, one request at a time, then make sure reading is on (it pauses
+ * only for a full stash). Re-entrant calls (a handler answering synchronously inside the loop)
+ * only ask the running loop to go on, so the stack stays flat however many requests are
+ * pipelined. */
 static void conn_pump(lim_conn_t *c)
 {
     if (c->pumping) {
@@ -502,8 +528,6 @@ static void conn_pump(lim_conn_t *c)
             /* After a half-close every complete request has been answered. */
             if (c->eof)
                 conn_close(c, "client closed");
-            else
-                start_reading(c);
             break;
         }
         /* Move the stash aside: parsing may stash the bytes after the next request again. */
@@ -513,6 +537,7 @@ static void conn_pump(lim_conn_t *c)
         lim_buf_free(&pending);
     } while (c->pump_again);
     c->pumping = 0;
+    start_reading(c);
 }
 
 /* ---- writing ------------------------------------------------------------------------------ */
@@ -973,8 +998,7 @@ int lim__conn_start(lim_server_t *srv)
     if (c == NULL)
         return UV_ENOMEM;
     c->srv = srv;
-    lim_buf_init(&c->stash,
-                 LIM_HTTP_READ_BUF + LIM_HTTP_MAX_HEADER_BYTES + LIM_HTTP_MAX_BODY_BYTES);
+    lim_buf_init(&c->stash, LIM_HTTP_STASH_MAX);
     lim_buf_init(&c->out, (size_t) -1);
     rc = uv_tcp_init(srv->loop, &c->tcp);
     if (rc != 0) {

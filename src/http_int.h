@@ -18,6 +18,13 @@
 #define LIM_HTTP_EXTRA_MAX  (4 * 1024)  /* headers a handler may add */
 #define LIM_HTTP_OUT_INLINE 2048        /* bodies up to this are copied into the head buffer */
 
+/* The stash: bytes read while the connection cannot parse them (a handler owns the request or
+ * its answer is being written), i.e. pipelined requests. A read adds at most LIM_HTTP_READ_BUF
+ * bytes, and reading pauses once the stash reaches LIM_HTTP_STASH_PAUSE, so it never holds more
+ * than LIM_HTTP_STASH_MAX (backpressure: the rest waits in the kernel and then the client). */
+#define LIM_HTTP_STASH_MAX   (LIM_HTTP_READ_BUF + LIM_HTTP_MAX_HEADER_BYTES + LIM_HTTP_MAX_BODY_BYTES)
+#define LIM_HTTP_STASH_PAUSE (LIM_HTTP_STASH_MAX - LIM_HTTP_READ_BUF)
+
 typedef struct lim_conn_s lim_conn_t;
 
 /* Where a header is inside reqmem->head (offsets fit: head is at most 16 KiB). */
@@ -63,13 +70,13 @@ struct lim_conn_s {
     uint8_t phase;               /* lim_phase_t */
     uint8_t closes_pending;      /* uv_close callbacks still to come (tcp, timer) */
     unsigned keep_alive : 1;     /* the current request allows reuse */
-    unsigned reading : 1;        /* uv_read_start is in effect */
+    unsigned reading : 1;        /* uv_read_start is in effect (also while a handler runs) */
     unsigned closing : 1;        /* conn_close() has run */
     unsigned handler_active : 1; /* a handler has the request and has not answered */
     unsigned msg_ready : 1;      /* the parser paused on a complete request */
     unsigned in_field : 1;       /* a header name is being received */
     unsigned in_value : 1;       /* a header value is being received */
-    unsigned eof : 1;            /* the client half-closed */
+    unsigned eof : 1;            /* the client closed its side (EOF read) */
     unsigned pumping : 1;        /* conn_pump() is on the stack */
     unsigned pump_again : 1;     /* conn_pump() must run its loop once more */
     unsigned upgrade : 1;        /* the request asked for an upgrade we do not do */

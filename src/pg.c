@@ -16,6 +16,11 @@
  * before the first PQconnectPoll; stop polling before each PQconnectPoll and re-read
  * PQsocket() afterwards; PQsetnonblocking once connected; after PQflush() == 1 wait for
  * readable or writable; never PQgetResult while PQisBusy; close the poll before PQfinish.
+ *
+ * System calls: once connected, a connection's poll stays armed for readable until the
+ * connection is dropped (pgc_arm() skips re-arming what is armed), so a query costs its
+ * sendto and recvfrom and no epoll_ctl; input that arrives while no query runs (a notice, a
+ * notification, the server closing) is consumed by the same poll callback.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -105,7 +110,14 @@ static void poll_close(pgc_t *c)
     }
 }
 
-/* (Re)arm interest on the connection's current socket (it may change during connect). */
+/* (Re)arm interest on the connection's current socket (it may change during connect).
+ *
+ * Asking again for what is already armed costs nothing: libuv's uv_poll_start() always stops
+ * the handle first (an epoll DEL, then an ADD on the next loop turn), which per query used to
+ * be three epoll_ctl calls. Once connected, a connection stays armed for readable for its whole
+ * life (queries, results and idle time alike) and adds writable only while PQflush() has
+ * output pending, so a query normally costs no epoll_ctl at all. A poll that libuv stopped on
+ * an error, or that was stopped around PQconnectPoll, is not active and is started again. */
 static int pgc_arm(pgc_t *c, int events)
 {
     int fd = PQsocket(c->conn);
@@ -126,6 +138,8 @@ static int pgc_arm(pgc_t *c, int events)
         }
         c->poll->data = c;
         c->fd = fd;
+    } else if (events == c->events && uv_is_active((uv_handle_t *) c->poll)) {
+        return 0;
     }
     c->events = events;
     return uv_poll_start(c->poll, events, on_pgc_poll);
@@ -478,6 +492,17 @@ static void pgc_complete(pgc_t *c)
     pool_dispatch(pool);
 }
 
+/* We LISTEN to nothing, but libpq keeps any notification that arrives until it is taken. */
+static void drain_notifies(pgc_t *c)
+{
+    PGnotify *n;
+
+    while ((n = PQnotifies(c->conn)) != NULL) {
+        lim_log_debug("postgres: notification on channel %s ignored", n->relname);
+        PQfreemem(n);
+    }
+}
+
 static void on_pgc_poll(uv_poll_t *h, int status, int events)
 {
     pgc_t *c = h->data;
@@ -503,11 +528,15 @@ static void on_pgc_poll(uv_poll_t *h, int status, int events)
         return;
     }
     if (c->state == PGC_READY) {
-        /* Idle: the only input can be a notice or the server going away. */
-        if (PQstatus(c->conn) == CONNECTION_BAD)
+        /* Idle, with no query in flight: the input was a notice (already routed to the log by
+         * PQconsumeInput), a notification, a parameter status, or an error the server sends
+         * before it goes away (its EOF fails PQconsumeInput above, on this or the next event). */
+        if (PQstatus(c->conn) == CONNECTION_BAD) {
             pgc_break(c, UV_ECONNRESET, PQerrorMessage(c->conn));
-        else
-            (void) pgc_collect(c);
+            return;
+        }
+        drain_notifies(c);
+        (void) pgc_collect(c);
         if (c->res != NULL) {
             PQclear(c->res);
             c->res = NULL;

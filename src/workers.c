@@ -197,7 +197,14 @@ static void worker_main(sup_t *s, unsigned i, int ready_wr)
             close(s->w[j].ready_fd);
     }
     signal(SIGCHLD, SIG_DFL);
-    sigprocmask(SIG_SETMASK, &s->old_mask, NULL);
+    /* SIGINT and SIGTERM stay blocked until the worker's loop handles them (app.c unblocks
+     * them once started): one passed on by the parent this early is kept pending, not fatal. */
+    {
+        sigset_t mask = s->old_mask;
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGTERM);
+        sigprocmask(SIG_SETMASK, &mask, NULL);
+    }
     rc = lim_app_serve_worker(s->cfg, s->w[i].fd, s->region, i, ready_wr);
     /* exit(), not _exit(): the sanitizers' leak check runs at exit. stdio was flushed before
      * the fork, so nothing is written twice. */

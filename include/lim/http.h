@@ -4,8 +4,9 @@
  * The HTTP core (http_conn.c) parses a request with llhttp, routes it (router.h), and calls the
  * route's handler with a lim_req_t. The handler answers by calling exactly one of the
  * lim_req_respond*() functions exactly once, either before it returns or later from any
- * callback on the same loop (an asynchronous handler). Until then the connection reads nothing
- * more, so pipelined requests are answered strictly in order.
+ * callback on the same loop (an asynchronous handler). Until then the connection parses nothing
+ * more: it goes on reading, but the bytes of pipelined requests wait (bounded, with backpressure)
+ * until the answer is written, so pipelined requests are answered strictly in order.
  *
  * Ownership and lifetime:
  *   - The lim_req_t and everything it points to (path, headers, body, captures) belong to the
@@ -15,9 +16,12 @@
  *     must outlive the process's use of it (string literals, start-up data).
  *   - After respond returns, the handler must not touch req again.
  *
- * lim_req_gone() tells an asynchronous handler that the client went away: it may stop early,
- * but it still must call respond (which is then a cheap no-op apart from bookkeeping), and it
- * must not abandon money-moving work half-way because of it.
+ * lim_req_gone() tells an asynchronous handler that the client went away (a reset or a read
+ * error noticed while the handler runs, or a server abort): it may stop early, but it still
+ * must call respond (which is then a cheap no-op apart from bookkeeping), and it must not
+ * abandon money-moving work half-way because of it. A client that only closed its sending side
+ * (EOF: perhaps a half-close) is not gone: its answer is still written, then the connection
+ * closes.
  *
  * Single loop thread only.
  */
@@ -115,7 +119,8 @@ void lim_req_respond_error(lim_req_t *req, int status, const char *code, const c
  */
 void lim_req_drop(lim_req_t *req, int reset);
 
-/** Whether the client has gone (closed, reset, timed out) while the handler ran. */
+/** Whether the connection is gone (the client reset it, a read failed, or the server aborted
+ *  it) while the handler ran. */
 int lim_req_gone(const lim_req_t *req);
 
 /** The standard reason phrase of a status ("Not Found"), or "Unknown". */

@@ -1094,7 +1094,7 @@ Test(cli, stop_on_sigint_is_graceful_too)
 
 Test(cli, serve_workers_rejects_a_bad_count_with_exit_2)
 {
-    static const char *const bad[][4] = {
+    static const char *const bad[][5] = {
         {"serve", "--workers", "0", NULL},   {"serve", "--workers", "x", NULL},
         {"serve", "--workers", NULL, NULL},  {"serve", "--workers=", NULL, NULL},
         {"serve", "--workers", "257", NULL}, {"serve", "--workers", "2", "extra"},

@@ -1,13 +1,17 @@
 /*
  * test_http_server.c: the server over real loopback sockets: timeouts (with short configured
  * values), max_connections, slow and idle clients, half-close, and the graceful stop with a
- * request in flight. Every test ends with the loop closed cleanly (testsrv_finish).
+ * request in flight; reading on while an asynchronous handler runs (a reset or a close noticed,
+ * pipelined requests stashed and answered in order, the stash bounded by pausing reads). Every
+ * test ends with the loop closed cleanly (testsrv_finish).
  */
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 
 #include "httpc.h"
 #include "testsrv.h"
@@ -259,6 +263,200 @@ Test(http_server, client_gone_while_handler_runs, .init = init_default, .fini = 
     cr_assert_eq(ts.handlers, 1);
     testsrv_wait_open(&ts, 0);
     cr_assert_eq(ts.handlers, 0);
+}
+
+/* ---- reading on while an asynchronous handler runs ---------------------------------------- */
+
+static int handler_idle(void *arg)
+{
+    return ((testsrv_t *) arg)->handlers == 0;
+}
+
+Test(http_server, reset_while_handler_runs_is_noticed_and_the_answer_dropped, .init = init_default,
+     .fini = fini)
+{
+    httpc_t *c = httpc_connect(&ts.loop, ts.port);
+    const char *req = "GET /t/slow HTTP/1.1\r\nHost: x\r\n\r\n";
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    lim_server_stats_t st0, st;
+    lim_conn_t *conn;
+
+    lim_server_stats(ts.srv, &st0);
+    cr_assert_eq(httpc_send(c, &ts.loop, req, strlen(req)), 0);
+    uvtest_run_for(&ts.loop, 50);
+    cr_assert_eq(ts.handlers, 1);
+    conn = testsrv_newest_conn(&ts);
+    cr_assert_not_null(conn);
+    cr_assert_eq(lim_req_gone(&conn->req), 0);
+    cr_assert(conn->reading, "reading stays armed while the handler runs");
+
+    /* The client resets the connection (SO_LINGER 0): noticed at once, not after the answer. */
+    cr_assert_eq(setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+    httpc_close(c);
+    uvtest_run_for(&ts.loop, 50);
+    cr_assert_eq(ts.handlers, 1, "the handler still runs (never cancelled)");
+    cr_assert_eq(lim_req_gone(&conn->req), 1, "the reset was not noticed");
+    lim_server_stats(ts.srv, &st);
+    cr_assert_eq(st.open, 1, "the connection's memory waits for its handler");
+
+    /* The handler answers into the void; then everything is freed. */
+    testsrv_wait_open(&ts, 0);
+    cr_assert_eq(ts.handlers, 0);
+    lim_server_stats(ts.srv, &st);
+    cr_assert_eq(st.requests, st0.requests, "an answer was written to a reset connection");
+
+    /* The server is as healthy as before. */
+    c = httpc_connect(&ts.loop, ts.port);
+    cr_assert_eq(httpc_send(c, &ts.loop, hello_req, strlen(hello_req)), 0);
+    cr_assert(httpc_wait_for(c, &ts.loop, "hello", 2000));
+    httpc_close(c);
+    testsrv_wait_open(&ts, 0);
+}
+
+Test(http_server, close_while_handler_runs_is_noticed_and_the_connection_goes, .init = init_default,
+     .fini = fini)
+{
+    httpc_t *c = httpc_connect(&ts.loop, ts.port);
+    const char *req = "GET /t/slow HTTP/1.1\r\nHost: x\r\n\r\n";
+    lim_conn_t *conn;
+
+    signal(SIGPIPE, SIG_IGN); /* as `limits serve` does: the answer goes to a closed socket */
+    cr_assert_eq(httpc_send(c, &ts.loop, req, strlen(req)), 0);
+    uvtest_run_for(&ts.loop, 50);
+    cr_assert_eq(ts.handlers, 1);
+    conn = testsrv_newest_conn(&ts);
+    httpc_close(c); /* a FIN: as far as the server can tell, perhaps only a half-close */
+    uvtest_run_for(&ts.loop, 50);
+    cr_assert(conn->eof, "the EOF was not read while the handler ran");
+    cr_assert_eq(ts.handlers, 1);
+    testsrv_wait_open(&ts, 0);
+    cr_assert_eq(ts.handlers, 0);
+}
+
+Test(http_server, requests_arriving_during_an_async_handler_are_answered_in_order,
+     .init = init_default, .fini = fini)
+{
+    httpc_t *c = httpc_connect(&ts.loop, ts.port);
+    const char *first = "GET /t/async HTTP/1.1\r\nHost: x\r\n\r\n";
+    const char *more = "GET /t/hello HTTP/1.1\r\nHost: x\r\n\r\nGET /t/items/7/ HTTP/1.1\r\nHost: "
+                       "x\r\n\r\nGET /t/ite";
+    const char *rest = "ms/8/ HTTP/1.1\r\nHost: x\r\n\r\n";
+    lim_conn_t *conn;
+    const char *a, *h, *i7, *i8;
+
+    cr_assert_eq(httpc_send(c, &ts.loop, first, strlen(first)), 0);
+    uvtest_run_for(&ts.loop, 5);
+    cr_assert_eq(ts.handlers, 1);
+    conn = testsrv_newest_conn(&ts);
+    /* Two requests and a half arrive while the handler runs: read and stashed, not parsed. */
+    cr_assert_eq(httpc_send(c, &ts.loop, more, strlen(more)), 0);
+    uvtest_run_for(&ts.loop, 5);
+    cr_assert_eq(ts.handlers, 1);
+    cr_assert_eq(conn->stash.len, strlen(more), "stashed %zu bytes", conn->stash.len);
+    cr_assert(conn->reading);
+    cr_assert_eq(c->len, 0, "something was answered before the async request");
+    cr_assert_eq(httpc_send(c, &ts.loop, rest, strlen(rest)), 0);
+    cr_assert(httpc_wait_for(c, &ts.loop, "item 8", 2000), "got: %s", c->in);
+    cr_assert_eq(httpc_count_responses(c->in, c->len, 0), 4, "got: %s", c->in);
+    a = strstr(c->in, "async");
+    h = strstr(c->in, "hello");
+    i7 = strstr(c->in, "item 7");
+    i8 = strstr(c->in, "item 8");
+    cr_assert(a != NULL && h != NULL && i7 != NULL && a < h && h < i7 && i7 < i8, "got: %s", c->in);
+    cr_assert(uvtest_run_until(&ts.loop, handler_idle, &ts, 1000));
+    cr_assert_eq(conn->stash.len, 0);
+    cr_assert(conn->reading);
+    httpc_close(c);
+}
+
+typedef struct stash_watch_s {
+    lim_conn_t *conn;
+    size_t max_stash;   /* the largest stash seen */
+    int paused;         /* reading was seen paused with the handler running */
+    int paused_at_will; /* ... and paused with less than LIM_HTTP_STASH_PAUSE stashed */
+} stash_watch_t;
+
+static void on_stash_watch(uv_timer_t *t)
+{
+    stash_watch_t *w = t->data;
+    lim_conn_t *conn = w->conn;
+
+    if (conn->stash.len > w->max_stash)
+        w->max_stash = conn->stash.len;
+    if (conn->handler_active && !conn->reading) {
+        w->paused = 1;
+        if (conn->stash.len < LIM_HTTP_STASH_PAUSE)
+            w->paused_at_will = 1;
+    }
+}
+
+typedef struct served_s {
+    testsrv_t *t;
+    uint64_t n;
+} served_t;
+
+static int served(void *arg)
+{
+    served_t *s = arg;
+    lim_server_stats_t st;
+    lim_server_stats(s->t->srv, &st);
+    return st.requests >= s->n;
+}
+
+Test(http_server, stash_is_bounded_while_a_handler_runs_then_everything_is_answered,
+     .init = init_default, .fini = fini, .timeout = 60)
+{
+    enum { PIPELINED = 12000 }; /* about 400 KiB: more than the stash can take */
+    httpc_t *c = httpc_connect(&ts.loop, ts.port);
+    const char *slow = "GET /t/slow HTTP/1.1\r\nHost: x\r\n\r\n";
+    size_t hlen = strlen(hello_req), len = PIPELINED * hlen;
+    char *burst = malloc(len);
+    stash_watch_t w = {0};
+    uv_timer_t watch;
+    lim_server_stats_t st0;
+    served_t sv = {&ts, 0};
+    uint64_t t0;
+
+    cr_assert_not_null(burst);
+    for (size_t i = 0; i < PIPELINED; i++)
+        memcpy(burst + i * hlen, hello_req, hlen);
+    lim_server_stats(ts.srv, &st0);
+    cr_assert_eq(httpc_send(c, &ts.loop, slow, strlen(slow)), 0);
+    uvtest_run_for(&ts.loop, 20);
+    cr_assert_eq(ts.handlers, 1);
+    w.conn = testsrv_newest_conn(&ts);
+    uv_timer_init(&ts.loop, &watch);
+    watch.data = &w;
+    uv_timer_start(&watch, on_stash_watch, 1, 1);
+
+    /* The burst goes out while /t/slow (300 ms) runs; what the stash cannot take waits in the
+     * kernel's buffers (httpc_send runs the loop while the client's socket is full). */
+    cr_assert_eq(httpc_send(c, &ts.loop, burst, len), 0);
+    uvtest_run_for(&ts.loop, 50);
+    cr_assert_eq(ts.handlers, 1, "the burst outlasted the handler: make it larger");
+    cr_assert(w.paused, "reading never paused for a full stash");
+    cr_assert_not(w.paused_at_will, "reading paused with room in the stash");
+    cr_assert_leq(w.max_stash, LIM_HTTP_STASH_MAX);
+    cr_assert_geq(w.max_stash, LIM_HTTP_STASH_PAUSE);
+
+    /* After the slow answer, every pipelined request is answered, in order, and reading
+     * resumes as the stash drains. */
+    sv.n = st0.requests + 1 + PIPELINED;
+    cr_assert(uvtest_run_until(&ts.loop, served, &sv, 20000), "not every request was answered");
+    t0 = uv_hrtime();
+    while (httpc_count_responses(c->in, c->len, 0) < 1 + PIPELINED &&
+           uv_hrtime() - t0 < UINT64_C(5000000000))
+        uvtest_run_for(&ts.loop, 20);
+    cr_assert_eq(httpc_count_responses(c->in, c->len, 0), 1 + PIPELINED);
+    cr_assert(strncmp(strstr(c->in, "\r\n\r\n") + 4, "slow", 4) == 0, "the slow answer is first");
+    cr_assert_leq(w.max_stash, LIM_HTTP_STASH_MAX);
+    cr_assert(w.conn->reading);
+    cr_assert_eq(w.conn->stash.len, 0);
+
+    uv_close((uv_handle_t *) &watch, NULL);
+    uvtest_run_for(&ts.loop, 1); /* the timer lives on this stack: let its close finish */
+    free(burst);
+    httpc_close(c);
 }
 
 static void on_stopped(lim_server_t *srv, void *arg)

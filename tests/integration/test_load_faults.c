@@ -799,6 +799,8 @@ static void server_env(const lstack_t *st, envb_t *e, const char *database_url, 
 {
     memset(e, 0, sizeof(*e));
     env_add(e, "LISTEN=127.0.0.1:0");
+    /* One process per server: the checks below count each server's reconciler and kill it. */
+    env_add(e, "WORKERS=1");
     env_add(e, "DATABASE_URL=%s", database_url);
     env_add(e, "REDIS_URL=%s", redis);
     env_add(e, "BRAINTREE_ENVIRONMENT=http://127.0.0.1:%d", st->fake_port);

@@ -3,9 +3,9 @@
  * many rows and large values, server errors, the async contract (the callback never runs
  * inside lim_pg_query(), exactly once), bad arguments, many queries on few connections, the
  * queue bounds (length and time), query deadlines, a killed backend, an idle connection the
- * server dropped, a loop that never blocks, a server that is down or silent, DNS names
- * refused, close with work in flight or from a callback, and (last, suite pg_restart) the
- * server restarted under traffic.
+ * server dropped (noticed without a query), notifications while idle, a loop that never blocks, a
+ * server that is down or silent, DNS names refused, close with work in flight or from a callback,
+ * and (last, suite pg_restart) the server restarted under traffic.
  *
  * Needs LIM_TEST_DATABASE_URL (scripts/test.sh starts the `test` stack and exports it); the
  * tests fail, not skip, without it. Written against the header, not the implementation.
@@ -1000,6 +1000,104 @@ Test(pg, idle_connection_dropped_by_server_is_replaced)
     cr_assert(ne(i64, pid2, pid1));
     lim_pg_stats(pool, &st);
     cr_assert(ge(u64, st.broken, 1));
+    close_pool(&loop, pool);
+    uvtest_close_loop(&loop);
+}
+
+static int pool_broken(void *arg)
+{
+    lim_pg_stats_t st;
+
+    lim_pg_stats(arg, &st);
+    return st.broken > 0;
+}
+
+static int pool_reconnected(void *arg)
+{
+    lim_pg_stats_t st;
+
+    lim_pg_stats(arg, &st);
+    return st.reconnects > 0 && lim_pg_up(arg);
+}
+
+Test(pg, idle_connection_notices_the_server_closing_without_a_query)
+{
+    q_t q = {0};
+    lim_pg_opts_t o = opts_for(1);
+    lim_pg_pool_t *pool;
+    lim_pg_stats_t st;
+    const char *p[] = {"3", "4"};
+    int64_t pid1;
+
+    uint64_t queries;
+
+    cr_assert(eq(int, lim_pg_pool_new(&loop, &o, &pool), 0));
+    pid1 = backend_pid(&loop, pool);
+    lim_pg_stats(pool, &st);
+    queries = st.queries;
+    terminate_backend(pid1);
+    /* Nothing is sent on the pool: its readable poll, armed while idle, sees the EOF. */
+    cr_assert(uvtest_run_until(&loop, pool_broken, pool, 3000),
+              "the idle connection's end went unnoticed");
+    lim_pg_stats(pool, &st);
+    cr_assert(eq(u64, st.queries, queries), "a query ran meanwhile");
+    cr_assert(uvtest_run_until(&loop, pool_reconnected, pool, 3000), "no reconnect");
+    cr_assert(eq(int, submit(pool, S_ADD, p, 2, &q), 0));
+    wait_one(&loop, &q, WAIT_MS);
+    assert_ok(&q);
+    cr_assert(eq(i64, q.v, 7));
+    close_pool(&loop, pool);
+    uvtest_close_loop(&loop);
+}
+
+/* A notification (or a notice) that arrives while no query runs is consumed on the spot: the
+ * level-triggered poll would otherwise report it again and again. */
+static const lim_pg_stmt_t notify_stmts[] = {
+    {"listen", "LISTEN lim_test_pg_chan", 0},
+    {"notify", "SELECT pg_notify('lim_test_pg_chan', $1)", 1},
+    {"notice", "DO $$BEGIN RAISE NOTICE 'hello from the server'; END$$", 0},
+    {"add", "SELECT $1::int + $2::int", 2},
+};
+
+Test(pg, input_while_idle_is_consumed_without_spinning)
+{
+    lim_pg_opts_t o = opts_for(1), ko = opts_for(1);
+    lim_pg_pool_t *pool, *killer;
+    q_t q[4] = {{0}};
+    const char *payload[] = {"ping"};
+    const char *p[] = {"20", "22"};
+    lim_pg_stats_t st;
+    uint64_t cpu0, cpu;
+
+    o.stmts = ko.stmts = notify_stmts;
+    o.n_stmts = ko.n_stmts = LIM_ARRAY_SIZE(notify_stmts);
+    cr_assert(eq(int, lim_pg_pool_new(&loop, &o, &pool), 0));
+    cr_assert(eq(int, lim_pg_pool_new(&loop, &ko, &killer), 0));
+    cr_assert(eq(int, submit(pool, 0, NULL, 0, &q[0]), 0));
+    wait_one(&loop, &q[0], WAIT_MS);
+    assert_ok(&q[0]);
+    /* Notifications for the idle listener, sent from another session. */
+    for (int i = 0; i < 3; i++) {
+        q_t n = {0};
+        cr_assert(eq(int, submit(killer, 1, payload, 1, &n), 0));
+        wait_one(&loop, &n, WAIT_MS);
+        assert_ok(&n);
+    }
+    cpu0 = cpu_ms();
+    uvtest_run_for(&loop, 300);
+    cpu = cpu_ms() - cpu0;
+    cr_assert(lt(u64, cpu, 100), "%" PRIu64 " ms of CPU in 300 ms idle: the poll spins", cpu);
+    lim_pg_stats(pool, &st);
+    cr_assert(eq(u64, st.broken, 0));
+    /* A notice inside a query, then the connection is still fine. */
+    cr_assert(eq(int, submit(pool, 2, NULL, 0, &q[1]), 0));
+    wait_one(&loop, &q[1], WAIT_MS);
+    assert_ok(&q[1]);
+    cr_assert(eq(int, submit(pool, 3, p, 2, &q[2]), 0));
+    wait_one(&loop, &q[2], WAIT_MS);
+    assert_ok(&q[2]);
+    cr_assert(eq(i64, q[2].v, 42));
+    close_pool(&loop, killer);
     close_pool(&loop, pool);
     uvtest_close_loop(&loop);
 }
