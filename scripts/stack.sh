@@ -6,9 +6,18 @@
 #   scripts/stack.sh status PROFILE   exit 0 when both run, 3 otherwise
 #   scripts/stack.sh env    PROFILE   print `export DATABASE_URL=...` / `export REDIS_URL=...`
 #
-# Profiles: dev (PostgreSQL 54329, Redis 63799), test (54339, 63809) and bench (54349, 63819,
-# used by the bench/ scripts), so a running dev stack, the test suite and a benchmark can
-# coexist. State lives in .local/PROFILE/ (git-ignored).
+# Profiles: dev (PostgreSQL 54329, Redis 63799), test (54339, 63809), bench (54349, 63819,
+# used by the bench/ scripts) and faults (54359, 63829, used by scripts/faults.sh), so a
+# running dev stack, the test suite, a benchmark and a fault-injection run can coexist. State
+# lives in .local/PROFILE/ (git-ignored).
+#
+# Faults for the fault-injection runner (tests/faults/), on the faults profile only (they would
+# disturb whoever uses another stack); each waits until it is done, and is idempotent:
+#   scripts/stack.sh pg-restart    faults   PostgreSQL restarted in immediate mode (a crash: no
+#                                           checkpoint, recovery on start); started if stopped
+#   scripts/stack.sh redis-stop    faults   Redis stopped (its data is lost with it)
+#   scripts/stack.sh redis-start   faults   Redis started empty (no-op when running)
+#   scripts/stack.sh redis-restart faults   Redis killed (kill -9) and started again, empty
 #
 # PostgreSQL refuses to run as root: as root it runs as the `postgres` user (runuser). If
 # `postgres` cannot enter the checkout (e.g. a clone under /root, mode 700), its files go to
@@ -26,11 +35,17 @@ die() {
 
 usage() {
     cat <<EOF
-usage: $PROG start|stop|status|env dev|test|bench
-  start   start PostgreSQL and Redis for the profile (no-op for parts already running)
-  stop    stop them
-  status  report; exit 0 when both run, 3 otherwise
-  env     print export lines for DATABASE_URL and REDIS_URL
+usage: $PROG start|stop|status|env dev|test|bench|faults
+       $PROG pg-restart|redis-stop|redis-start|redis-restart faults
+  start          start PostgreSQL and Redis for the profile (no-op for parts already running)
+  stop           stop them
+  status         report; exit 0 when both run, 3 otherwise
+  env            print export lines for DATABASE_URL and REDIS_URL
+  pg-restart     restart PostgreSQL in immediate mode (crash recovery); start it if stopped
+  redis-stop     stop Redis (it keeps nothing: its data is gone)
+  redis-start    start Redis, empty (no-op when running)
+  redis-restart  kill -9 Redis and start it again, empty
+The last four are fault injections for tests/faults/ and work on the faults profile only.
 EOF
 }
 
@@ -51,8 +66,9 @@ case $PROFILE in
     dev) PG_PORT=54329 REDIS_PORT=63799 ;;
     test) PG_PORT=54339 REDIS_PORT=63809 ;;
     bench) PG_PORT=54349 REDIS_PORT=63819 ;;
+    faults) PG_PORT=54359 REDIS_PORT=63829 ;;
     *)
-        warn "unknown profile '$PROFILE' (expected dev, test or bench)"
+        warn "unknown profile '$PROFILE' (expected dev, test, bench or faults)"
         usage >&2
         exit 2
         ;;
@@ -230,9 +246,11 @@ write_pg_conf() {
     sockdir=${sockdir//"'"/"''"}
     printf '%s\n' \
         "# Written by scripts/stack.sh on every start; edits are overwritten." \
+        "# max_connections: every worker of every server has its own pool (DATABASE_POOL_SIZE)." \
         "listen_addresses = '127.0.0.1'" \
         "port = $PG_PORT" \
         "unix_socket_directories = '$sockdir'" \
+        "max_connections = 400" \
         "log_min_messages = warning" |
         pg_run tee "$PGDATA/limits.conf" >/dev/null
 }
@@ -263,8 +281,21 @@ psql_admin() {
     "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres
 }
 
+# Waits (bounded) until PostgreSQL accepts connections; dies with its log's tail otherwise.
+pg_wait_ready() {
+    local i
+    for ((i = 0; i < READY_TIMEOUT * 5; i++)); do
+        if "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres; then break; fi
+        sleep 0.2
+    done
+    if ! "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres; then
+        show_log_tail "$PG_LOG"
+        die "postgresql ($PROFILE) is not accepting connections on 127.0.0.1:$PG_PORT after ${READY_TIMEOUT}s"
+    fi
+}
+
 pg_start() {
-    local pid i
+    local pid
     resolve_pg_area
     if pid=$(pg_pid); then
         say "postgresql ($PROFILE) already running: pid $pid, 127.0.0.1:$PG_PORT"
@@ -285,14 +316,7 @@ pg_start() {
         PG_STARTED=1
     fi
     find_pgbin
-    for ((i = 0; i < READY_TIMEOUT * 5; i++)); do
-        if "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres; then break; fi
-        sleep 0.2
-    done
-    if ! "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres; then
-        show_log_tail "$PG_LOG"
-        die "postgresql ($PROFILE) is not accepting connections on 127.0.0.1:$PG_PORT after ${READY_TIMEOUT}s"
-    fi
+    pg_wait_ready
     # Role and database, idempotently.
     psql_admin <<'SQL' || die "could not create role/database 'limits' on 127.0.0.1:$PG_PORT"
 SELECT 'CREATE ROLE limits LOGIN CREATEDB'
@@ -367,6 +391,73 @@ redis_stop() {
     rm -f -- "$REDIS_PIDFILE"
 }
 
+# --- faults (the faults profile only) ----------------------------------------------------
+
+require_faults_profile() {
+    if [ "$PROFILE" != faults ]; then
+        warn "$CMD is a fault injection for the faults profile only; it would disturb whoever uses the $PROFILE stack"
+        exit 2
+    fi
+}
+
+pg_restart_immediate() {
+    local pid
+    resolve_pg_area
+    if ! pid=$(pg_pid); then
+        say "postgresql ($PROFILE) not running: starting it instead"
+        pg_start
+        return 0
+    fi
+    find_pgbin
+    say "restarting postgresql ($PROFILE) in immediate mode (no checkpoint: crash recovery), pid $pid"
+    if ! pg_run "$PGBIN/pg_ctl" restart -D "$PGDATA" -m immediate -l "$PG_LOG" -w -t "$READY_TIMEOUT" -s 9>&-; then
+        show_log_tail "$PG_LOG"
+        die "postgresql ($PROFILE) did not come back within ${READY_TIMEOUT}s"
+    fi
+    pg_wait_ready
+    pid=$(pg_pid) || die "postgresql ($PROFILE) is not running after the restart"
+    say "postgresql ($PROFILE) is back: pid $pid, 127.0.0.1:$PG_PORT"
+}
+
+# Redis runs without persistence (--save "" --appendonly no); also delete any file a stray
+# configuration could have left, so that a start is always empty.
+redis_forget_data() {
+    rm -f -- "$REDIS_DIR/dump.rdb" "$REDIS_DIR/appendonly.aof"
+    rm -rf -- "$REDIS_DIR/appendonlydir"
+}
+
+redis_kill() {
+    local pid i
+    if ! pid=$(redis_pid); then
+        say "redis ($PROFILE) not running"
+        rm -f -- "$REDIS_PIDFILE"
+        return 0
+    fi
+    say "killing redis ($PROFILE) with SIGKILL, pid $pid"
+    kill -KILL "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        [ -d "/proc/$pid" ] || break
+        sleep 0.1
+    done
+    [ ! -d "/proc/$pid" ] || die "redis ($PROFILE), pid $pid, survived SIGKILL for 10s"
+    rm -f -- "$REDIS_PIDFILE"
+}
+
+# Starts Redis if it is not running, then proves it holds no keys when this call started it.
+redis_start_empty() {
+    local pid keys
+    if pid=$(redis_pid); then
+        say "redis ($PROFILE) already running: pid $pid, 127.0.0.1:$REDIS_PORT"
+        return 0
+    fi
+    redis_forget_data
+    redis_start
+    keys=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" dbsize 2>/dev/null) ||
+        die "redis ($PROFILE) does not answer DBSIZE on 127.0.0.1:$REDIS_PORT"
+    [ "$keys" = 0 ] || die "redis ($PROFILE) started with $keys keys; it should be empty"
+    say "redis ($PROFILE) started empty: pid $(redis_pid), 127.0.0.1:$REDIS_PORT"
+}
+
 # --- status ------------------------------------------------------------------------------
 
 stack_status() {
@@ -436,6 +527,24 @@ case $CMD in
     env)
         printf 'export DATABASE_URL=%q\n' "$DATABASE_URL"
         printf 'export REDIS_URL=%q\n' "$REDIS_URL"
+        ;;
+    pg-restart | redis-stop | redis-start | redis-restart)
+        require_faults_profile
+        mkdir -p -- "$LOCAL" || die "cannot create $LOCAL"
+        take_lock
+        case $CMD in
+            pg-restart) pg_restart_immediate ;;
+            redis-stop)
+                redis_stop
+                redis_forget_data
+                ;;
+            redis-start) redis_start_empty ;;
+            redis-restart)
+                redis_kill
+                redis_forget_data
+                redis_start_empty
+                ;;
+        esac
         ;;
     *)
         warn "unknown command '$CMD'"

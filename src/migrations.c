@@ -350,6 +350,43 @@ static const lim_migration_t migrations[] = {
      "    END IF;\n"
      "END\n"
      "$f$;\n"},
+
+    /* While the first request's claim is fresh it owns the key, whatever its load's state: a
+     * retry that came between the load's settling and the stored answer used to build its own
+     * answer from the load and store it, so a later replay could differ from the first 200
+     * (found by the fault-injection runner). 'load' is now for released (202) or stale claims. */
+    {3, "an Idempotency-Key is in use while its claim is fresh",
+     "CREATE OR REPLACE FUNCTION lim_idem_begin(p_user bigint, p_key text, p_fp bytea,\n"
+     "    p_stale_ms bigint)\n"
+     "RETURNS TABLE (state text, response_status integer, response_body text, load_id bigint)\n"
+     "LANGUAGE plpgsql AS $f$\n"
+     "DECLARE\n"
+     "    v idempotency_keys%ROWTYPE;\n"
+     "BEGIN\n"
+     "    INSERT INTO idempotency_keys AS k (user_id, key, request_fingerprint)\n"
+     "    VALUES (p_user, p_key, p_fp) ON CONFLICT DO NOTHING;\n"
+     "    IF FOUND THEN\n"
+     "        RETURN QUERY SELECT 'new'::text, NULL::integer, NULL::text, NULL::bigint;\n"
+     "        RETURN;\n"
+     "    END IF;\n"
+     "    SELECT k.* INTO v FROM idempotency_keys k\n"
+     "     WHERE k.user_id = p_user AND k.key = p_key FOR UPDATE;\n"
+     "    IF v.request_fingerprint <> p_fp THEN\n"
+     "        RETURN QUERY SELECT 'reused'::text, NULL::integer, NULL::text, NULL::bigint;\n"
+     "    ELSIF v.status = 'done' THEN\n"
+     "        RETURN QUERY SELECT 'replay'::text, v.response_status, v.response_body, v.load_id;\n"
+     "    ELSIF v.locked_at IS NOT NULL\n"
+     "          AND v.locked_at > now() - p_stale_ms * interval '1 millisecond' THEN\n"
+     "        RETURN QUERY SELECT 'in_use'::text, NULL::integer, NULL::text, v.load_id;\n"
+     "    ELSIF v.load_id IS NOT NULL THEN\n"
+     "        RETURN QUERY SELECT 'load'::text, NULL::integer, NULL::text, v.load_id;\n"
+     "    ELSE\n"
+     "        UPDATE idempotency_keys k SET locked_at = now(), updated_at = now()\n"
+     "         WHERE k.user_id = p_user AND k.key = p_key;\n"
+     "        RETURN QUERY SELECT 'new'::text, NULL::integer, NULL::text, NULL::bigint;\n"
+     "    END IF;\n"
+     "END\n"
+     "$f$;\n"},
 };
 
 /* The build's schema version is the last migration: a new migration without the bump (or the

@@ -164,7 +164,8 @@ static const lim_pg_stmt_t stmts[] = {
     [STMT_IDEM_DONE] = {"idem_done",
                         "UPDATE idempotency_keys SET status = 'done', locked_at = NULL,"
                         " response_status = $3::int, response_body = $4::text, updated_at = now()"
-                        " WHERE user_id = $1::bigint AND key = $2::text",
+                        /* The first final answer stands: a replay never changes. */
+                        " WHERE user_id = $1::bigint AND key = $2::text AND status <> 'done'",
                         4},
     [STMT_IDEM_RELEASE] = {"idem_release",
                            "UPDATE idempotency_keys SET locked_at = NULL, updated_at = now()"

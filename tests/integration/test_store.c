@@ -687,6 +687,43 @@ Test(schema, api_keys_and_idempotency_keys)
              " VALUES (" OTHER ", 'k1', sha256('x'))");
 }
 
+static const char *idem_state(const char *key)
+{
+    static char state[16];
+    char sql[256];
+    PGresult *res;
+
+    snprintf(sql, sizeof(sql),
+             "SELECT state FROM lim_idem_begin(" GUEST ", '%s', sha256('x'), 300000)", key);
+    res = testdb_exec(db, sql);
+    cr_assert_eq(PQntuples(res), 1);
+    snprintf(state, sizeof(state), "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return state;
+}
+
+/* Migration 3: while the first request's claim is fresh, the key is in use even when its load
+ * is already settled (a retry must not answer, and store, before the first request does). */
+Test(schema, idempotency_key_in_use_while_claimed_even_after_its_load_settled)
+{
+    two_users();
+    cr_assert(eq(str, (char *) idem_state("k2"), "new"));
+    cr_assert(eq(str, (char *) idem_state("k2"), "in_use"));
+    exec_sql("INSERT INTO loads (card_id, user_id, amount_minor, status, order_id,"
+             " idempotency_key) VALUES (" GUEST_CARD ", " GUEST ", 100, 'pending', 'o-k2', 'k2')");
+    exec_sql("UPDATE idempotency_keys SET load_id = (SELECT id FROM loads WHERE order_id = 'o-k2')"
+             " WHERE key = 'k2'");
+    exec_sql("UPDATE loads SET status = 'succeeded', braintree_transaction_id = 'tx-k2'"
+             " WHERE order_id = 'o-k2'");
+    cr_assert(eq(str, (char *) idem_state("k2"), "in_use"), "settled, but still claimed");
+    /* Released (the first request answered 202) or stale (it died): answer from the load. */
+    exec_sql("UPDATE idempotency_keys SET locked_at = NULL WHERE key = 'k2'");
+    cr_assert(eq(str, (char *) idem_state("k2"), "load"));
+    exec_sql("UPDATE idempotency_keys SET locked_at = now() - interval '10 minutes'"
+             " WHERE key = 'k2'");
+    cr_assert(eq(str, (char *) idem_state("k2"), "load"));
+}
+
 /* ---- asynchronous calls on the pool ----------------------------------------------------- */
 
 static uv_loop_t loop;
