@@ -607,8 +607,14 @@ static void access_log(lim_conn_t *c, int status, size_t bytes)
         LIM_LOG_I("status", status),
         LIM_LOG_U("bytes", bytes),
         LIM_LOG_U("dur_us", req->start_ns ? (uv_hrtime() - req->start_ns) / 1000 : 0),
+        LIM_LOG_I(c->mem != NULL && c->mem->log_key != NULL ? c->mem->log_key : "",
+                  c->mem != NULL ? c->mem->log_value : 0),
     };
-    lim_log_kv(LIM_LOG_INFO, "http", f, LIM_ARRAY_SIZE(f));
+    size_t n = LIM_ARRAY_SIZE(f);
+
+    if (c->mem == NULL || c->mem->log_key == NULL)
+        n--; /* no handler field */
+    lim_log_kv(LIM_LOG_INFO, "http", f, n);
 }
 
 static int status_has_body(int status)
@@ -892,6 +898,16 @@ void lim_req_respond(lim_req_t *req, int status, const char *content_type, const
         return;
     }
     conn_send(c, status, content_type, body, body_len, flags);
+}
+
+void lim_req_log_field(lim_req_t *req, const char *key, int64_t value)
+{
+    lim_conn_t *c = lim_container_of(req, lim_conn_t, req);
+
+    if (c->mem == NULL)
+        return;
+    c->mem->log_key = key;
+    c->mem->log_value = value;
 }
 
 void lim_req_respond_error(lim_req_t *req, int status, const char *code, const char *message)

@@ -43,6 +43,8 @@ typedef struct lim_reqmem_s {
     lim_buf_t extra;                     /* response headers added by lim_req_add_header() */
     uint32_t url_len;                    /* the URL is head.data[0 .. url_len) */
     char request_id[LIM_HTTP_MAX_REQUEST_ID + 1];
+    const char *log_key; /* lim_req_log_field(): static, or NULL */
+    int64_t log_value;
 } lim_reqmem_t;
 
 /* What the connection is doing; decides what the one timer means. */

@@ -119,6 +119,12 @@ void lim_req_respond_error(lim_req_t *req, int status, const char *code, const c
  */
 void lim_req_drop(lim_req_t *req, int reset);
 
+/**
+ * Add `key=value` to the request's access-log line, e.g. "load_id" on load requests. One such
+ * field per request (a later call replaces it); `key` must be a static string.
+ */
+void lim_req_log_field(lim_req_t *req, const char *key, int64_t value);
+
 /** Whether the connection is gone (the client reset it, a read failed, or the server aborted
  *  it) while the handler ran. */
 int lim_req_gone(const lim_req_t *req);

@@ -385,6 +385,8 @@ static void on_begin(int status, const lim_load_begin_t *b, void *arg)
         return;
     }
     c->begin = *b;
+    if (b->load_id > 0)
+        lim_req_log_field(c->req, "load_id", b->load_id);
     if (b->outcome == LIM_LOAD_BEGIN_NOT_FOUND) {
         release_reservation(c);
         lim_metrics_count(LIM_M_LOAD_NOT_FOUND);
@@ -516,6 +518,8 @@ static void on_idem(int status, const lim_idem_t *idem, void *arg)
         lim_respond_unavailable(req, "The database is not available; try again shortly.");
         return;
     }
+    if (idem->load_id > 0)
+        lim_req_log_field(req, "load_id", idem->load_id);
     switch (idem->state) {
     case LIM_IDEM_NEW:
         decide(c);

@@ -1363,12 +1363,21 @@ static void check_routes(const char *log, lim_buf_t *failures)
             logfmt_value(line, eol, "method", method, sizeof(method)) &&
             logfmt_value(line, eol, "path", path, sizeof(path)) &&
             logfmt_value(line, eol, "status", status, sizeof(status))) {
+            char load_id[24];
             requests++;
             if (atoi(status) < 400 && lim_router_match(router, method_of(method), path,
-                                                       strlen(path), &m) == LIM_ROUTE_FOUND)
+                                                       strlen(path), &m) == LIM_ROUTE_FOUND) {
                 for (size_t i = 0; i < n; i++)
                     if (strcmp(routes[i].name, m.route->name) == 0)
                         hit[i] = 1;
+                /* A load request that made or found a load names it on its access line. */
+                if (strcmp(m.route->name, "card_load") == 0 &&
+                    (atoi(status) == 200 || atoi(status) == 202) &&
+                    (!logfmt_value(line, eol, "load_id", load_id, sizeof(load_id)) ||
+                     atoll(load_id) <= 0))
+                    buf_fmt(failures, "access line of a load without its load_id: %.*s\n",
+                            (int) (eol - line), line);
+            }
         }
         line = *eol == '\n' ? eol + 1 : eol;
     }
