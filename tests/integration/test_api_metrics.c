@@ -4,8 +4,8 @@
  * PostgreSQL database and the test Redis (LIM_TEST_REDIS_URL's server, database 11: this file's
  * own, locked and flushed first). Before the app starts, the process sets up a 1-slot region and
  * records into it, as `limits serve` does; real requests over loopback HTTP are then counted,
- * and each scrape is checked exactly and by `promtool check metrics` (Debian package
- * prometheus).
+ * and each scrape is read strictly and checked by `promtool check metrics` (promtext.h), its
+ * values exactly.
  *
  * The fake gateway answers with the same HTTP server code in this process, so its requests are
  * counted too, under route="none" (its routes are not the app's); nothing here depends on them.
@@ -14,7 +14,6 @@
  */
 #include <criterion/criterion.h>
 #include <criterion/new/assert.h>
-#include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,7 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <hiredis/hiredis.h>
 
@@ -31,15 +29,14 @@
 #include "lim/fake_bt.h"
 #include "lim/log.h"
 #include "lim/metrics.h"
+#include "promtext.h"
 #include "testdb.h"
 #include "uvtest.h"
 
-#define PROMTOOL    "/usr/bin/promtool"
-#define NONCE       "fake-valid-visa-nonce"
-#define START_S     1712345678ull
-#define POOL_SIZE   5
-#define MAX_SAMPLES 2048
-#define REDIS_DB    11 /* this file's own database of the test Redis */
+#define NONCE     "fake-valid-visa-nonce"
+#define START_S   1712345678ull
+#define POOL_SIZE 5
+#define REDIS_DB  11 /* this file's own database of the test Redis */
 
 typedef struct user_s {
     long long user_id, card_id[2];
@@ -324,149 +321,21 @@ static void settle(void)
     uvtest_run_for(&loop, 150);
 }
 
-/* ---- the scrape: a strict reader and promtool ------------------------------------------------
- */
-
-typedef struct sample_s {
-    char key[192];
-    char value[48];
-} sample_t;
-
-typedef struct scrape_s {
-    char *raw; /* the whole answer */
-    const char *text;
-    sample_t samples[MAX_SAMPLES];
-    size_t n;
-} scrape_t;
-
-static void promtool_check(const char *text)
+/* GET /metrics: 200 in the text format 0.0.4, promtool-clean, read strictly by promtext.h
+ * (pt_scrape_free() it). */
+static pt_scrape_t *scrape(void)
 {
-    char path[] = "/tmp/limits-metrics-XXXXXX";
-    char cmd[256], out[4096];
-    int fd = mkstemp(path);
-    size_t len = strlen(text), n = 0;
-    FILE *p;
-    int status;
-
-    cr_assert(access(PROMTOOL, X_OK) == 0,
-              PROMTOOL " is missing: apt-get install prometheus (scripts/install-deps.sh)");
-    cr_assert(ge(int, fd, 0));
-    cr_assert(eq(sz, (size_t) write(fd, text, len), len));
-    close(fd);
-    snprintf(cmd, sizeof(cmd), PROMTOOL " check metrics < %s 2>&1", path);
-    p = popen(cmd, "r");
-    cr_assert_not_null(p);
-    while (n < sizeof(out) - 1) {
-        size_t got = fread(out + n, 1, sizeof(out) - 1 - n, p);
-        if (got == 0)
-            break;
-        n += got;
-    }
-    out[n] = '\0';
-    status = pclose(p);
-    unlink(path);
-    int clean = WIFEXITED(status) && WEXITSTATUS(status) == 0 && n == 0;
-    cr_assert(clean, "promtool check metrics (status %d): %s\n---\n%s", status, out, text);
-}
-
-/* Every sample line as key and value; each series once, no blank or unknown comment lines. */
-static void parse(scrape_t *sc)
-{
-    const char *p = sc->text;
-    char line[1024];
-
-    while (*p != '\0') {
-        const char *eol = strchr(p, '\n');
-        cr_assert_not_null(eol, "the last line has no newline: %s", p);
-        cr_assert(lt(sz, (size_t) (eol - p), sizeof(line)));
-        memcpy(line, p, (size_t) (eol - p));
-        line[eol - p] = '\0';
-        p = eol + 1;
-        if (strncmp(line, "# HELP ", 7) == 0 || strncmp(line, "# TYPE ", 7) == 0)
-            continue;
-        cr_assert(line[0] != '#' && line[0] != '\0', "an unexpected line: '%s'", line);
-        char *sp = strrchr(line, ' ');
-        cr_assert_not_null(sp, "no value: %s", line);
-        *sp = '\0';
-        for (size_t i = 0; i < sc->n; i++)
-            cr_assert(ne(str, sc->samples[i].key, line), "the series %s twice", line);
-        cr_assert(lt(sz, sc->n, (size_t) MAX_SAMPLES));
-        cr_assert(lt(sz, strlen(line), sizeof(sc->samples[0].key)));
-        cr_assert(lt(sz, strlen(sp + 1), sizeof(sc->samples[0].value)));
-        memcpy(sc->samples[sc->n].key, line, strlen(line) + 1); /* length checked above */
-        memcpy(sc->samples[sc->n].value, sp + 1, strlen(sp + 1) + 1);
-        sc->n++;
-    }
-}
-
-/* GET /metrics: 200 in the text format 0.0.4, promtool-clean, parsed (scrape_free() it). */
-static scrape_t *scrape(void)
-{
-    scrape_t *sc = calloc(1, sizeof(*sc));
     resp_t r = request("GET", "/metrics", NULL, NULL, NULL);
+    pt_scrape_t *sc;
 
-    cr_assert_not_null(sc);
     cr_assert(eq(int, r.status, 200), "%s", r.raw);
     cr_assert_not_null(strstr(r.raw, "\r\nContent-Type: text/plain; version=0.0.4; "
                                      "charset=utf-8\r\n"),
                        "%s", r.raw);
-    sc->raw = r.raw;
-    sc->text = r.body;
-    promtool_check(sc->text);
-    parse(sc);
+    sc = pt_scrape_new(r.body, strlen(r.body));
+    free(r.raw);
     return sc;
 }
-
-static void scrape_free(scrape_t *sc)
-{
-    free(sc->raw);
-    free(sc);
-}
-
-static const sample_t *find(const scrape_t *sc, const char *key)
-{
-    for (size_t i = 0; i < sc->n; i++)
-        if (strcmp(sc->samples[i].key, key) == 0)
-            return &sc->samples[i];
-    return NULL;
-}
-
-static int has_(const scrape_t *sc, const char *fmt, ...) LIM_PRINTF(2, 3);
-static int has_(const scrape_t *sc, const char *fmt, ...)
-{
-    char key[256];
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(key, sizeof(key), fmt, ap);
-    va_end(ap);
-    return find(sc, key) != NULL;
-}
-
-/* The value of series `fmt...`, which must exist and be a whole number. */
-static uint64_t u64_(const scrape_t *sc, int line, const char *fmt, ...) LIM_PRINTF(3, 4);
-static uint64_t u64_(const scrape_t *sc, int line, const char *fmt, ...)
-{
-    char key[256], *end;
-    const sample_t *s;
-    unsigned long long v;
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(key, sizeof(key), fmt, ap);
-    va_end(ap);
-    s = find(sc, key);
-    cr_assert_not_null(s, "line %d: no series %s in\n%s", line, key, sc->text);
-    cr_assert(s->value[0] >= '0' && s->value[0] <= '9', "line %d: %s %s", line, key, s->value);
-    errno = 0;
-    v = strtoull(s->value, &end, 10);
-    int whole = errno == 0 && *end == '\0';
-    cr_assert(whole, "line %d: %s is not a count: %s", line, key, s->value);
-    return v;
-}
-
-#define U64(sc, ...) u64_((sc), __LINE__, __VA_ARGS__)
-#define HAS(sc, ...) has_((sc), __VA_ARGS__)
 
 #define LOADS     "limits_loads_total{outcome=\"%s\"}"
 #define REFUSALS  "limits_compliance_refusals_total{rule=\"%s\"}"
@@ -508,7 +377,7 @@ Test(api_metrics, a_scrape_counts_every_kind_of_load, .init = init, .fini = fini
     /* no such card of this user */
     cr_assert(eq(int, load(u, users[1].card_id[0], "1.00", NULL, NULL, NULL), 404));
 
-    scrape_t *sc = scrape();
+    pt_scrape_t *sc = scrape();
     static const struct {
         const char *outcome;
         uint64_t n;
@@ -520,69 +389,69 @@ Test(api_metrics, a_scrape_counts_every_kind_of_load, .init = init, .fini = fini
         {"replayed", 1},  {"idempotency_conflict", 1},
     };
     for (size_t i = 0; i < LIM_ARRAY_SIZE(outcomes); i++)
-        cr_assert(eq(u64, U64(sc, LOADS, outcomes[i].outcome), outcomes[i].n), "%s",
+        cr_assert(eq(u64, PT_U64(sc, LOADS, outcomes[i].outcome), outcomes[i].n), "%s",
                   outcomes[i].outcome);
-    cr_assert(eq(u64, U64(sc, REFUSALS, "1-day"), 1));
-    cr_assert(eq(u64, U64(sc, REFUSALS, "30-days"), 1));
-    cr_assert(eq(u64, U64(sc, REFUSALS, "365-days"), 0));
-    cr_assert(eq(u64, U64(sc, REFUSALS, "balance"), 0));
+    cr_assert(eq(u64, PT_U64(sc, REFUSALS, "1-day"), 1));
+    cr_assert(eq(u64, PT_U64(sc, REFUSALS, "30-days"), 1));
+    cr_assert(eq(u64, PT_U64(sc, REFUSALS, "365-days"), 0));
+    cr_assert(eq(u64, PT_U64(sc, REFUSALS, "balance"), 0));
 
     /* Two sales reached the gateway: one approved, one declined (a refusal, not a failure). */
-    cr_assert(eq(u64, U64(sc, BT, "sale", "ok"), 1));
-    cr_assert(eq(u64, U64(sc, BT, "sale", "refused"), 1));
-    cr_assert(eq(u64, U64(sc, BT, "sale", "unavailable"), 0));
-    cr_assert(eq(u64, U64(sc, BT, "sale", "unknown"), 0));
-    cr_assert(
-        eq(u64, U64(sc, "limits_braintree_request_duration_seconds_count{operation=\"sale\"}"), 2));
+    cr_assert(eq(u64, PT_U64(sc, BT, "sale", "ok"), 1));
+    cr_assert(eq(u64, PT_U64(sc, BT, "sale", "refused"), 1));
+    cr_assert(eq(u64, PT_U64(sc, BT, "sale", "unavailable"), 0));
+    cr_assert(eq(u64, PT_U64(sc, BT, "sale", "unknown"), 0));
+    cr_assert(eq(
+        u64, PT_U64(sc, "limits_braintree_request_duration_seconds_count{operation=\"sale\"}"), 2));
 
     /* The answers by route and status; this scrape is counted once answered. */
-    cr_assert(eq(u64, U64(sc, REQS, "card_load", "200"), 2));
-    cr_assert(eq(u64, U64(sc, REQS, "card_load", "400"), 3));
-    cr_assert(eq(u64, U64(sc, REQS, "card_load", "404"), 1));
-    cr_assert(eq(u64, U64(sc, REQS, "card_load", "422"), 1));
-    cr_assert(not(HAS(sc, REQS, "card_load", "503")));
-    cr_assert(not(HAS(sc, REQS, "card_load", "dropped")));
-    cr_assert(not(HAS(sc, REQS, "metrics", "200")));
-    cr_assert(eq(u64, U64(sc, DUR_COUNT, "card_load"), 7));
-    cr_assert(eq(u64, U64(sc, DUR_COUNT, "metrics"), 0));
+    cr_assert(eq(u64, PT_U64(sc, REQS, "card_load", "200"), 2));
+    cr_assert(eq(u64, PT_U64(sc, REQS, "card_load", "400"), 3));
+    cr_assert(eq(u64, PT_U64(sc, REQS, "card_load", "404"), 1));
+    cr_assert(eq(u64, PT_U64(sc, REQS, "card_load", "422"), 1));
+    cr_assert(not(pt_has(sc, REQS, "card_load", "503")));
+    cr_assert(not(pt_has(sc, REQS, "card_load", "dropped")));
+    cr_assert(not(pt_has(sc, REQS, "metrics", "200")));
+    cr_assert(eq(u64, PT_U64(sc, DUR_COUNT, "card_load"), 7));
+    cr_assert(eq(u64, PT_U64(sc, DUR_COUNT, "metrics"), 0));
 
     /* The modules' own numbers, published right before rendering. */
-    cr_assert(eq(u64, U64(sc, "limits_pg_pool_connections{state=\"configured\"}"), POOL_SIZE));
+    cr_assert(eq(u64, PT_U64(sc, "limits_pg_pool_connections{state=\"configured\"}"), POOL_SIZE));
     cr_assert(le(u64,
-                 U64(sc, "limits_pg_pool_connections{state=\"ready\"}") +
-                     U64(sc, "limits_pg_pool_connections{state=\"busy\"}"),
+                 PT_U64(sc, "limits_pg_pool_connections{state=\"ready\"}") +
+                     PT_U64(sc, "limits_pg_pool_connections{state=\"busy\"}"),
                  POOL_SIZE));
-    cr_assert(gt(u64, U64(sc, "limits_pg_queries_total"), 0));
-    cr_assert(eq(u64, U64(sc, "limits_redis_up"), 1));
-    cr_assert(gt(u64, U64(sc, "limits_redis_commands_total"), 0));
-    cr_assert(eq(u64, U64(sc, "limits_limiter_decisions_total{result=\"refused\"}"), 1));
-    cr_assert(eq(u64, U64(sc, "limits_http_connections_accepted_total"), 8));
-    cr_assert(eq(u64, U64(sc, "limits_http_connections_open"), 1)); /* this scrape's */
-    cr_assert(eq(u64, U64(sc, "limits_workers"), 1));
-    cr_assert(eq(u64, U64(sc, "limits_worker_restarts_total"), 0));
-    cr_assert(eq(u64, U64(sc, "process_start_time_seconds"), START_S));
-    uint64_t queries = U64(sc, "limits_pg_queries_total");
-    scrape_free(sc);
+    cr_assert(gt(u64, PT_U64(sc, "limits_pg_queries_total"), 0));
+    cr_assert(eq(u64, PT_U64(sc, "limits_redis_up"), 1));
+    cr_assert(gt(u64, PT_U64(sc, "limits_redis_commands_total"), 0));
+    cr_assert(eq(u64, PT_U64(sc, "limits_limiter_decisions_total{result=\"refused\"}"), 1));
+    cr_assert(eq(u64, PT_U64(sc, "limits_http_connections_accepted_total"), 8));
+    cr_assert(eq(u64, PT_U64(sc, "limits_http_connections_open"), 1)); /* this scrape's */
+    cr_assert(eq(u64, PT_U64(sc, "limits_workers"), 1));
+    cr_assert(eq(u64, PT_U64(sc, "limits_worker_restarts_total"), 0));
+    cr_assert(eq(u64, PT_U64(sc, "process_start_time_seconds"), START_S));
+    uint64_t queries = PT_U64(sc, "limits_pg_queries_total");
+    pt_scrape_free(sc);
 
     /* A second scrape counts the first; counters only grow. */
     sc = scrape();
-    cr_assert(eq(u64, U64(sc, REQS, "metrics", "200"), 1));
-    cr_assert(eq(u64, U64(sc, DUR_COUNT, "metrics"), 1));
-    cr_assert(eq(u64, U64(sc, LOADS, "succeeded"), 1));
-    cr_assert(ge(u64, U64(sc, "limits_pg_queries_total"), queries));
-    cr_assert(eq(u64, U64(sc, "limits_http_connections_accepted_total"), 9));
-    scrape_free(sc);
+    cr_assert(eq(u64, PT_U64(sc, REQS, "metrics", "200"), 1));
+    cr_assert(eq(u64, PT_U64(sc, DUR_COUNT, "metrics"), 1));
+    cr_assert(eq(u64, PT_U64(sc, LOADS, "succeeded"), 1));
+    cr_assert(ge(u64, PT_U64(sc, "limits_pg_queries_total"), queries));
+    cr_assert(eq(u64, PT_U64(sc, "limits_http_connections_accepted_total"), 9));
+    pt_scrape_free(sc);
 }
 
 Test(api_metrics, the_timer_publishes_without_a_scrape, .init = init, .fini = fini)
 {
     static const char needle[] = "\nlimits_redis_commands_total ";
-    scrape_t *sc = scrape();
-    uint64_t before = U64(sc, "limits_redis_commands_total");
+    pt_scrape_t *sc = scrape();
+    uint64_t before = PT_U64(sc, "limits_redis_commands_total");
     lim_buf_t b;
     const char *p;
 
-    scrape_free(sc);
+    pt_scrape_free(sc);
     /* A load runs Redis commands; the once-a-second publication alone brings them to the slot,
      * so another worker's scrape sees them (rendered here without publishing first). */
     cr_assert(eq(int, load(&users[1], users[1].card_id[0], "10.00", NULL, NULL, NULL), 200));
@@ -644,16 +513,16 @@ static void burst(const char *idem_prefix)
         n503 += r.status == 503;
         free(r.raw);
     }
-    scrape_t *sc = scrape();
+    pt_scrape_t *sc = scrape();
     for (size_t i = 0; i < LIM_ARRAY_SIZE(outcomes); i++)
-        loads += U64(sc, LOADS, outcomes[i]);
+        loads += PT_U64(sc, LOADS, outcomes[i]);
     for (size_t i = 0; i < sc->n; i++)
         if (strncmp(sc->samples[i].key, CARD_LOAD_REQS, strlen(CARD_LOAD_REQS)) == 0)
-            answered += U64(sc, "%s", sc->samples[i].key);
+            answered += PT_U64(sc, "%s", sc->samples[i].key);
     cr_assert(eq(u64, answered, N));
     cr_assert(gt(u32, n503, 0), "the queue never filled up: no 503 to count");
     cr_assert(eq(u64, loads, answered), "%u answers were 503\n%s", n503, sc->text);
-    scrape_free(sc);
+    pt_scrape_free(sc);
 }
 
 Test(api_metrics, a_full_database_queue_is_counted, .init = init_tiny_pool, .fini = fini)

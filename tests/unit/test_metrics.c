@@ -7,15 +7,14 @@
  * (fork) record into the shared region too, which is the property a scrape of `serve --workers
  * N` relies on: any process renders the sum of every slot.
  *
- * Every rendering is parsed here (each series once, every sample under the TYPE of its family,
- * a family's lines together, HELP and TYPE once each) and checked by `promtool check metrics`
- * (Debian package prometheus), which must exit 0 and say nothing. Sums are checked exactly.
+ * Every rendering is read strictly by promtext.h (each series once, every sample under the TYPE
+ * of its family, a family's lines together, HELP and TYPE once each) and checked by `promtool
+ * check metrics` (Debian package prometheus), which must exit 0 and say nothing. Sums are
+ * checked exactly.
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -26,13 +25,11 @@
 #include <uv.h>
 
 #include "lim/metrics.h"
+#include "promtext.h"
 
-#define PROMTOOL     "/usr/bin/promtool"
-#define START_S      1700000000ull
-#define N_SLOTS      3
-#define MAX_SAMPLES  2048
-#define MAX_FAMILIES 128
-#define MS           1000000ull /* nanoseconds */
+#define START_S 1700000000ull
+#define N_SLOTS 3
+#define MS      1000000ull /* nanoseconds */
 
 static void h(lim_req_t *req)
 {
@@ -83,232 +80,22 @@ static void restart_worker(unsigned i)
     be_worker(i);
 }
 
-/* ---- a strict reader of the exposition format ------------------------------------------------
- */
-
-typedef struct sample_s {
-    char key[192];  /* name{labels}, as rendered */
-    char value[48]; /* as rendered */
-} sample_t;
-
-typedef struct family_s {
-    char name[96];
-    char type[16]; /* "" until its TYPE line */
-    int help;      /* its HELP line was seen */
-    size_t n;      /* samples */
-} family_t;
-
-typedef struct scrape_s {
-    char *text;
-    sample_t samples[MAX_SAMPLES];
-    size_t n;
-    family_t families[MAX_FAMILIES];
-    size_t n_families;
-} scrape_t;
-
-static family_t *family_of(scrape_t *sc, const char *name)
+/* Render every slot's sum, check it with promtool and read it (pt_scrape_free() it). */
+static pt_scrape_t *scrape(void)
 {
-    for (size_t i = 0; i < sc->n_families; i++)
-        if (strcmp(sc->families[i].name, name) == 0)
-            return &sc->families[i];
-    cr_assert(lt(sz, sc->n_families, (size_t) MAX_FAMILIES));
-    family_t *f = &sc->families[sc->n_families++];
-    cr_assert(lt(sz, strlen(name), sizeof(f->name)));
-    snprintf(f->name, sizeof(f->name), "%s", name);
-    return f;
-}
-
-static const family_t *find_family(const scrape_t *sc, const char *name)
-{
-    for (size_t i = 0; i < sc->n_families; i++)
-        if (strcmp(sc->families[i].name, name) == 0)
-            return &sc->families[i];
-    return NULL;
-}
-
-/* Whether a sample named `name` belongs to family `f` (histograms add three suffixes). */
-static int belongs(const family_t *f, const char *name)
-{
-    static const char *const suffixes[] = {"_bucket", "_sum", "_count"};
-    size_t n = strlen(f->name);
-
-    if (strcmp(name, f->name) == 0)
-        return strcmp(f->type, "histogram") != 0;
-    if (strcmp(f->type, "histogram") != 0 || strncmp(name, f->name, n) != 0)
-        return 0;
-    for (size_t i = 0; i < LIM_ARRAY_SIZE(suffixes); i++)
-        if (strcmp(name + n, suffixes[i]) == 0)
-            return 1;
-    return 0;
-}
-
-static void parse_line(scrape_t *sc, family_t **cur, char *line)
-{
-    char name[96], type[16];
-
-    if (strncmp(line, "# HELP ", 7) == 0) {
-        cr_assert(eq(int, sscanf(line + 7, "%95s", name), 1), "%s", line);
-        family_t *f = family_of(sc, name);
-        cr_assert(not(f->help), "a second HELP: %s", line);
-        cr_assert(gt(sz, strlen(line), 8 + strlen(name)), "an empty HELP: %s", line);
-        f->help = 1;
-        return;
-    }
-    if (strncmp(line, "# TYPE ", 7) == 0) {
-        cr_assert(eq(int, sscanf(line + 7, "%95s %15s", name, type), 2), "%s", line);
-        family_t *f = family_of(sc, name);
-        cr_assert(eq(str, f->type, ""), "a second TYPE: %s", line);
-        cr_assert(eq(sz, f->n, 0), "TYPE after the samples: %s", line);
-        cr_assert(strcmp(type, "counter") == 0 || strcmp(type, "gauge") == 0 ||
-                      strcmp(type, "histogram") == 0,
-                  "%s", line);
-        snprintf(f->type, sizeof(f->type), "%s", type);
-        *cur = f;
-        return;
-    }
-    cr_assert(line[0] != '#' && line[0] != '\0', "an unexpected line: '%s'", line);
-    char *sp = strrchr(line, ' ');
-    cr_assert_not_null(sp, "no value: %s", line);
-    *sp = '\0';
-    cr_assert(lt(sz, strlen(line), sizeof(sc->samples[0].key)));
-    cr_assert(lt(sz, strlen(sp + 1), sizeof(sc->samples[0].value)));
-    for (size_t i = 0; i < sc->n; i++)
-        cr_assert(ne(str, sc->samples[i].key, line), "the series %s twice", line);
-    size_t nlen = strcspn(line, "{");
-    cr_assert(lt(sz, nlen, sizeof(name)));
-    memcpy(name, line, nlen);
-    name[nlen] = '\0';
-    cr_assert_not_null(*cur, "%s before any TYPE", line);
-    cr_assert(belongs(*cur, name), "%s is not under its family's TYPE", line);
-    (*cur)->n++;
-    cr_assert(lt(sz, sc->n, (size_t) MAX_SAMPLES));
-    memcpy(sc->samples[sc->n].key, line, strlen(line) + 1); /* length checked above */
-    memcpy(sc->samples[sc->n].value, sp + 1, strlen(sp + 1) + 1);
-    sc->n++;
-}
-
-static void parse(scrape_t *sc, const char *text)
-{
-    family_t *cur = NULL;
-    const char *p = text;
-    char line[1024];
-
-    cr_assert(gt(sz, strlen(text), 0));
-    while (*p != '\0') {
-        const char *eol = strchr(p, '\n');
-        cr_assert_not_null(eol, "the last line has no newline: %s", p);
-        cr_assert(lt(sz, (size_t) (eol - p), sizeof(line)));
-        memcpy(line, p, (size_t) (eol - p));
-        line[eol - p] = '\0';
-        parse_line(sc, &cur, line);
-        p = eol + 1;
-    }
-    for (size_t i = 0; i < sc->n_families; i++) {
-        const family_t *f = &sc->families[i];
-        cr_assert(f->help && f->type[0] != '\0', "%s lacks HELP or TYPE", f->name);
-    }
-}
-
-/* `promtool check metrics` on the text: it must exit 0 and print nothing. */
-static void promtool_check(const char *text)
-{
-    char path[] = "/tmp/limits-metrics-XXXXXX";
-    char cmd[256], out[4096];
-    int fd = mkstemp(path);
-    size_t len = strlen(text), n = 0;
-    FILE *p;
-    int status;
-
-    cr_assert(access(PROMTOOL, X_OK) == 0,
-              PROMTOOL " is missing: apt-get install prometheus (scripts/install-deps.sh)");
-    cr_assert(ge(int, fd, 0));
-    cr_assert(eq(sz, (size_t) write(fd, text, len), len));
-    close(fd);
-    snprintf(cmd, sizeof(cmd), PROMTOOL " check metrics < %s 2>&1", path);
-    p = popen(cmd, "r");
-    cr_assert_not_null(p);
-    while (n < sizeof(out) - 1) {
-        size_t got = fread(out + n, 1, sizeof(out) - 1 - n, p);
-        if (got == 0)
-            break;
-        n += got;
-    }
-    out[n] = '\0';
-    status = pclose(p);
-    unlink(path);
-    int clean = WIFEXITED(status) && WEXITSTATUS(status) == 0 && n == 0;
-    cr_assert(clean, "promtool check metrics (status %d): %s\n---\n%s", status, out, text);
-}
-
-/* Render every slot's sum, check it with promtool and parse it (scrape_free() it). */
-static scrape_t *scrape(void)
-{
-    scrape_t *sc = calloc(1, sizeof(*sc));
+    pt_scrape_t *sc;
     lim_buf_t b;
 
-    cr_assert_not_null(sc);
     lim_buf_init(&b, 4 * 1024 * 1024);
     cr_assert(eq(int, lim_metrics_render(&b), 0));
     cr_assert_not_null(b.data);
-    sc->text = b.data; /* the buffer's storage, ours now */
-    promtool_check(sc->text);
-    parse(sc, sc->text);
+    sc = pt_scrape_new(b.data, b.len);
+    lim_buf_free(&b);
     return sc;
 }
 
-static void scrape_free(scrape_t *sc)
-{
-    free(sc->text);
-    free(sc);
-}
-
-static const sample_t *find(const scrape_t *sc, const char *key)
-{
-    for (size_t i = 0; i < sc->n; i++)
-        if (strcmp(sc->samples[i].key, key) == 0)
-            return &sc->samples[i];
-    return NULL;
-}
-
-static int has_(const scrape_t *sc, const char *fmt, ...) LIM_PRINTF(2, 3);
-static int has_(const scrape_t *sc, const char *fmt, ...)
-{
-    char key[256];
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(key, sizeof(key), fmt, ap);
-    va_end(ap);
-    return find(sc, key) != NULL;
-}
-
-/* The value of series `fmt...`, which must exist and be a whole number. */
-static uint64_t u64_(const scrape_t *sc, int line, const char *fmt, ...) LIM_PRINTF(3, 4);
-static uint64_t u64_(const scrape_t *sc, int line, const char *fmt, ...)
-{
-    char key[256], *end;
-    const sample_t *s;
-    unsigned long long v;
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(key, sizeof(key), fmt, ap);
-    va_end(ap);
-    s = find(sc, key);
-    cr_assert_not_null(s, "line %d: no series %s in\n%s", line, key, sc->text);
-    cr_assert(s->value[0] >= '0' && s->value[0] <= '9', "line %d: %s %s", line, key, s->value);
-    errno = 0;
-    v = strtoull(s->value, &end, 10);
-    int whole = errno == 0 && *end == '\0';
-    cr_assert(whole, "line %d: %s is not a count: %s", line, key, s->value);
-    return v;
-}
-
-#define U64(sc, ...) u64_((sc), __LINE__, __VA_ARGS__)
-#define HAS(sc, ...) has_((sc), __VA_ARGS__)
-
 /* The sum of every series named `family`, whatever its labels. */
-static uint64_t total(const scrape_t *sc, const char *family)
+static uint64_t total(const pt_scrape_t *sc, const char *family)
 {
     size_t n = strlen(family);
     uint64_t t = 0;
@@ -316,14 +103,14 @@ static uint64_t total(const scrape_t *sc, const char *family)
     for (size_t i = 0; i < sc->n; i++) {
         const char *k = sc->samples[i].key;
         if (strncmp(k, family, n) == 0 && (k[n] == '{' || k[n] == '\0'))
-            t += U64(sc, "%s", k);
+            t += PT_U64(sc, "%s", k);
     }
     return t;
 }
 
 /* A histogram's series for one label set: exactly the 16 buckets, cumulative, +Inf == count,
  * and the buckets wanted (NULL: only the consistency). */
-static void check_hist_(const scrape_t *sc, const char *name, const char *labels,
+static void check_hist_(const pt_scrape_t *sc, const char *name, const char *labels,
                         const uint64_t want[N_LES], const char *want_sum, int line)
 {
     char prefix[256];
@@ -336,21 +123,21 @@ static void check_hist_(const scrape_t *sc, const char *name, const char *labels
             n++;
     cr_assert(eq(sz, n, N_LES), "line %d: %s has %zu buckets", line, prefix, n);
     for (size_t i = 0; i < N_LES; i++) {
-        uint64_t v = U64(sc, "%s%s\"}", prefix, les[i]);
+        uint64_t v = PT_U64(sc, "%s%s\"}", prefix, les[i]);
         cr_assert(ge(u64, v, prev), "line %d: %s%s\"} is not cumulative", line, prefix, les[i]);
         if (want != NULL)
             cr_assert(eq(u64, v, want[i]), "line %d: %s%s\"}", line, prefix, les[i]);
         prev = v;
     }
-    count = U64(sc, "%s_count{%s}", name, labels);
+    count = PT_U64(sc, "%s_count{%s}", name, labels);
     cr_assert(eq(u64, count, prev), "line %d: %s count and +Inf differ", line, labels);
     snprintf(prefix, sizeof(prefix), "%s_sum{%s}", name, labels);
-    cr_assert_not_null(find(sc, prefix), "line %d: no %s", line, prefix);
+    cr_assert_not_null(pt_find(sc, prefix), "line %d: no %s", line, prefix);
     if (want_sum != NULL)
-        cr_assert(eq(str, (char *) find(sc, prefix)->value, (char *) want_sum), "line %d: %s", line,
-                  prefix);
+        cr_assert(eq(str, (char *) pt_find(sc, prefix)->value, (char *) want_sum), "line %d: %s",
+                  line, prefix);
     if (count == 0)
-        cr_assert(eq(str, (char *) find(sc, prefix)->value, "0.000000000"), "line %d", line);
+        cr_assert(eq(str, (char *) pt_find(sc, prefix)->value, "0.000000000"), "line %d", line);
 }
 
 #define check_hist(sc, name, labels, want, want_sum)                                               \
@@ -377,7 +164,7 @@ static void record_one_of_each(void)
 /* Nothing was recorded anywhere: every value of a rendering is zero. */
 static void assert_all_zero(void)
 {
-    scrape_t *sc = scrape();
+    pt_scrape_t *sc = scrape();
 
     for (size_t i = 0; i < sc->n; i++) {
         const char *k = sc->samples[i].key;
@@ -390,7 +177,7 @@ static void assert_all_zero(void)
             cr_assert(eq(str, sc->samples[i].value, "0"), "%s", k);
     }
     cr_assert(eq(u64, total(sc, "limits_http_requests_total"), 0));
-    scrape_free(sc);
+    pt_scrape_free(sc);
 }
 
 Test(metrics, disabled_until_setup_and_after_reset, .init = init, .fini = fini)
@@ -468,36 +255,36 @@ Test(metrics, http_requests_by_route_and_status_summed_over_slots, .init = init,
     lim_metrics_http(&routes[3], 599, 1 * MS);
     lim_metrics_http(&routes[3], 100, 1 * MS);
 
-    scrape_t *sc = scrape();
+    pt_scrape_t *sc = scrape();
 #define REQS "limits_http_requests_total{route=\"%s\",status=\"%s\"}"
-    cr_assert(eq(u64, U64(sc, REQS, "home", "200"), 7));
-    cr_assert(eq(u64, U64(sc, REQS, "card_load", "400"), 2));
-    cr_assert(eq(u64, U64(sc, REQS, "card_load", "200"), 3));
-    cr_assert(eq(u64, U64(sc, REQS, "card_load", "503"), 1));
-    cr_assert(eq(u64, U64(sc, REQS, "card_load", "dropped"), 1));
-    cr_assert(eq(u64, U64(sc, REQS, "none", "404"), 2));
-    cr_assert(eq(u64, U64(sc, REQS, "none", "dropped"), 1));
-    cr_assert(eq(u64, U64(sc, REQS, "none", "200"), 1));
-    cr_assert(eq(u64, U64(sc, REQS, "metrics", "599"), 1));
-    cr_assert(eq(u64, U64(sc, REQS, "metrics", "100"), 1));
+    cr_assert(eq(u64, PT_U64(sc, REQS, "home", "200"), 7));
+    cr_assert(eq(u64, PT_U64(sc, REQS, "card_load", "400"), 2));
+    cr_assert(eq(u64, PT_U64(sc, REQS, "card_load", "200"), 3));
+    cr_assert(eq(u64, PT_U64(sc, REQS, "card_load", "503"), 1));
+    cr_assert(eq(u64, PT_U64(sc, REQS, "card_load", "dropped"), 1));
+    cr_assert(eq(u64, PT_U64(sc, REQS, "none", "404"), 2));
+    cr_assert(eq(u64, PT_U64(sc, REQS, "none", "dropped"), 1));
+    cr_assert(eq(u64, PT_U64(sc, REQS, "none", "200"), 1));
+    cr_assert(eq(u64, PT_U64(sc, REQS, "metrics", "599"), 1));
+    cr_assert(eq(u64, PT_U64(sc, REQS, "metrics", "100"), 1));
     /* Only what happened is listed: 10 series, 20 requests. */
     cr_assert(eq(u64, total(sc, "limits_http_requests_total"), 20));
     size_t series = 0;
     for (size_t i = 0; i < sc->n; i++)
         series += strncmp(sc->samples[i].key, "limits_http_requests_total{", 27) == 0;
     cr_assert(eq(sz, series, 10), "%s", sc->text);
-    cr_assert(not(HAS(sc, REQS, "home", "404")));
-    cr_assert(not(HAS(sc, REQS, "home", "0")));
+    cr_assert(not(pt_has(sc, REQS, "home", "404")));
+    cr_assert(not(pt_has(sc, REQS, "home", "0")));
     /* One histogram per label, its count the label's requests; "home" only once. */
 #define DUR_COUNT "limits_http_request_duration_seconds_count{route=\"%s\"}"
-    cr_assert(eq(u64, U64(sc, DUR_COUNT, "home"), 7));
-    cr_assert(eq(u64, U64(sc, DUR_COUNT, "card_load"), 7));
-    cr_assert(eq(u64, U64(sc, DUR_COUNT, "none"), 4));
-    cr_assert(eq(u64, U64(sc, DUR_COUNT, "metrics"), 2));
+    cr_assert(eq(u64, PT_U64(sc, DUR_COUNT, "home"), 7));
+    cr_assert(eq(u64, PT_U64(sc, DUR_COUNT, "card_load"), 7));
+    cr_assert(eq(u64, PT_U64(sc, DUR_COUNT, "none"), 4));
+    cr_assert(eq(u64, PT_U64(sc, DUR_COUNT, "metrics"), 2));
     cr_assert(eq(u64, total(sc, "limits_http_request_duration_seconds_count"), 20));
     check_hist(sc, "limits_http_request_duration_seconds", "route=\"home\"", NULL, NULL);
     check_hist(sc, "limits_http_request_duration_seconds", "route=\"none\"", NULL, NULL);
-    scrape_free(sc);
+    pt_scrape_free(sc);
 #undef REQS
 #undef DUR_COUNT
 }
@@ -518,7 +305,7 @@ Test(metrics, http_histogram_is_cumulative_and_bounds_are_inclusive, .init = ini
     lim_metrics_http(&routes[1], 200, 10 * MS + 1000); /* in (0.01, 0.025] */
     lim_metrics_http(&routes[1], 200, 1000 * MS);      /* exactly 1 */
 
-    scrape_t *sc = scrape();
+    pt_scrape_t *sc = scrape();
     /* 0.0005 0.001 0.0025 0.005 0.01 0.025 0.05 0.1 0.25 0.5 1 2.5 5 10 30 +Inf */
     static const uint64_t home[N_LES] = {2, 4, 5, 5, 6, 7, 7, 7, 7, 7, 8, 8, 8, 8, 9, 10};
     static const uint64_t load[N_LES] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1};
@@ -530,7 +317,7 @@ Test(metrics, http_histogram_is_cumulative_and_bounds_are_inclusive, .init = ini
     check_hist(sc, "limits_http_request_duration_seconds", "route=\"metrics\"", none,
                "0.000000000");
     check_hist(sc, "limits_http_request_duration_seconds", "route=\"none\"", none, "0.000000000");
-    scrape_free(sc);
+    pt_scrape_free(sc);
 }
 
 /*
@@ -543,10 +330,10 @@ Test(metrics, http_histogram_sub_microsecond_above_a_bound, .init = init, .fini 
     lim_metrics_http(&routes[0], 200, 500 * 1000 + 100);
     lim_metrics_http(&routes[0], 200, 30000 * MS + 1);
 
-    scrape_t *sc = scrape();
+    pt_scrape_t *sc = scrape();
     static const uint64_t home[N_LES] = {0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2};
     check_hist(sc, "limits_http_request_duration_seconds", "route=\"home\"", home, NULL);
-    scrape_free(sc);
+    pt_scrape_free(sc);
 }
 
 Test(metrics, route_names_past_the_label_limit_are_not_lost, .init = init, .fini = fini)
@@ -563,19 +350,19 @@ Test(metrics, route_names_past_the_label_limit_are_not_lost, .init = init, .fini
     for (int i = 0; i < N; i++)
         lim_metrics_http(&many[i], 200, 1 * MS);
 
-    scrape_t *sc = scrape();
+    pt_scrape_t *sc = scrape();
     for (int i = 0; i < LIM_METRICS_MAX_ROUTES; i++)
-        cr_assert(
-            eq(u64, U64(sc, "limits_http_requests_total{route=\"r%02d\",status=\"200\"}", i), 1));
+        cr_assert(eq(
+            u64, PT_U64(sc, "limits_http_requests_total{route=\"r%02d\",status=\"200\"}", i), 1));
     for (int i = LIM_METRICS_MAX_ROUTES; i < N; i++)
-        cr_assert(not(HAS(sc, "limits_http_requests_total{route=\"r%02d\",status=\"200\"}", i)));
+        cr_assert(not(pt_has(sc, "limits_http_requests_total{route=\"r%02d\",status=\"200\"}", i)));
     /* The rest share one label (metrics.h says "other"; src/metrics.c uses "none"). */
     cr_assert(eq(u64, total(sc, "limits_http_requests_total"), N));
     size_t series = 0;
     for (size_t i = 0; i < sc->n; i++)
         series += strncmp(sc->samples[i].key, "limits_http_requests_total{", 27) == 0;
     cr_assert(eq(sz, series, LIM_METRICS_MAX_ROUTES + 1), "%s", sc->text);
-    scrape_free(sc);
+    pt_scrape_free(sc);
 }
 
 /* ---- loads, refusals, Braintree ----------------------------------------------------------------
@@ -616,11 +403,11 @@ Test(metrics, loads_by_outcome_and_refusals_by_rule, .init = init, .fini = fini)
         lim_metrics_count((lim_metric_t) -1);
     }
 
-    scrape_t *sc = scrape();
+    pt_scrape_t *sc = scrape();
     uint64_t loads = 0, rules = 0;
     for (size_t i = 0; i < LIM_ARRAY_SIZE(want); i++) {
         uint64_t sum = want[i].per_slot[0] + want[i].per_slot[1] + want[i].per_slot[2];
-        cr_assert(eq(u64, U64(sc, "%s", want[i].series), sum), "%s", want[i].series);
+        cr_assert(eq(u64, PT_U64(sc, "%s", want[i].series), sum), "%s", want[i].series);
         if (want[i].m < LIM_M_REFUSAL_DAY)
             loads += sum;
         else
@@ -629,9 +416,9 @@ Test(metrics, loads_by_outcome_and_refusals_by_rule, .init = init, .fini = fini)
     /* Nothing else in the two families; every series is listed, even at zero. */
     cr_assert(eq(u64, total(sc, "limits_loads_total"), loads));
     cr_assert(eq(u64, total(sc, "limits_compliance_refusals_total"), rules));
-    cr_assert(eq(sz, find_family(sc, "limits_loads_total")->n, 10));
-    cr_assert(eq(sz, find_family(sc, "limits_compliance_refusals_total")->n, 4));
-    scrape_free(sc);
+    cr_assert(eq(sz, pt_find_family(sc, "limits_loads_total")->n, 10));
+    cr_assert(eq(sz, pt_find_family(sc, "limits_compliance_refusals_total")->n, 4));
+    pt_scrape_free(sc);
 }
 
 Test(metrics, braintree_by_operation_and_result, .init = init, .fini = fini)
@@ -660,15 +447,16 @@ Test(metrics, braintree_by_operation_and_result, .init = init, .fini = fini)
         lim_metrics_bt(LIM_M_BT_OP_COUNT, 0, 1 * MS);
     }
 
-    scrape_t *sc = scrape();
+    pt_scrape_t *sc = scrape();
     for (unsigned op = 0; op < LIM_M_BT_OP_COUNT; op++) {
         char labels[64], sum[32];
         uint64_t n = 0;
         for (unsigned res = 0; res < LIM_M_BT_RESULT_COUNT; res++) {
-            cr_assert(eq(u64,
-                         U64(sc, "limits_braintree_requests_total{operation=\"%s\",result=\"%s\"}",
-                             ops[op], results[res]),
-                         want[op][res]));
+            cr_assert(
+                eq(u64,
+                   PT_U64(sc, "limits_braintree_requests_total{operation=\"%s\",result=\"%s\"}",
+                          ops[op], results[res]),
+                   want[op][res]));
             n += want[op][res];
         }
         /* Every call of op lasted (op + 1) ms: all in one bucket and above. */
@@ -682,9 +470,9 @@ Test(metrics, braintree_by_operation_and_result, .init = init, .fini = fini)
         snprintf(sum, sizeof(sum), "%.9f", (double) sum_ns[op] / 1e9);
         check_hist(sc, "limits_braintree_request_duration_seconds", labels, buckets, sum);
     }
-    cr_assert(eq(sz, find_family(sc, "limits_braintree_requests_total")->n,
+    cr_assert(eq(sz, pt_find_family(sc, "limits_braintree_requests_total")->n,
                  (size_t) LIM_M_BT_OP_COUNT * LIM_M_BT_RESULT_COUNT));
-    scrape_free(sc);
+    pt_scrape_free(sc);
 }
 
 /* ---- published samples ------------------------------------------------------------------------
@@ -799,11 +587,11 @@ static uint64_t one_of(size_t i)
 /* Every field's series equals want(i); counters did not go below prev[] (updated). */
 static void assert_fields(uint64_t (*want)(size_t i), uint64_t prev[N_FIELDS], int line)
 {
-    scrape_t *sc = scrape();
+    pt_scrape_t *sc = scrape();
 
     for (size_t i = 0; i < N_FIELDS; i++) {
-        uint64_t v = u64_(sc, line, "%s", fields[i].series);
-        const family_t *f = find_family(sc, fields[i].family);
+        uint64_t v = pt_u64_at(sc, line, "%s", fields[i].series);
+        const pt_family_t *f = pt_find_family(sc, fields[i].family);
         cr_assert_not_null(f);
         cr_assert(eq(str, (char *) f->type, fields[i].gauge ? "gauge" : "counter"), "%s",
                   fields[i].family);
@@ -812,7 +600,7 @@ static void assert_fields(uint64_t (*want)(size_t i), uint64_t prev[N_FIELDS], i
             cr_assert(ge(u64, v, prev[i]), "line %d: %s went backwards", line, fields[i].series);
         prev[i] = v;
     }
-    scrape_free(sc);
+    pt_scrape_free(sc);
 }
 
 /* The expected sums after each step of the test below. */
@@ -852,10 +640,10 @@ Test(metrics, published_counters_are_deltas_and_gauges_are_summed, .init = init,
     s.conns_open = 2;
     lim_metrics_publish(&s);
 
-    scrape_t *sc = scrape();
-    cr_assert(eq(u64, U64(sc, "limits_pg_queries_total"), 9));
-    cr_assert(eq(u64, U64(sc, "limits_http_connections_open"), 5));
-    scrape_free(sc);
+    pt_scrape_t *sc = scrape();
+    cr_assert(eq(u64, PT_U64(sc, "limits_pg_queries_total"), 9));
+    cr_assert(eq(u64, PT_U64(sc, "limits_http_connections_open"), 5));
+    pt_scrape_free(sc);
 }
 
 Test(metrics, published_samples_every_field_across_restarts, .init = init, .fini = fini)
@@ -888,14 +676,15 @@ Test(metrics, published_samples_every_field_across_restarts, .init = init, .fini
 Test(metrics, service_start_workers_and_restarts, .init = init, .fini = fini)
 {
     be_worker(1);
-    scrape_t *sc = scrape();
-    cr_assert(eq(u64, U64(sc, "process_start_time_seconds"), START_S));
-    cr_assert(eq(str, (char *) find_family(sc, "process_start_time_seconds")->type, "gauge"));
-    cr_assert(eq(u64, U64(sc, "limits_workers"), N_SLOTS));
-    cr_assert(eq(str, (char *) find_family(sc, "limits_workers")->type, "gauge"));
-    cr_assert(eq(u64, U64(sc, "limits_worker_restarts_total"), 0));
-    cr_assert(eq(str, (char *) find_family(sc, "limits_worker_restarts_total")->type, "counter"));
-    scrape_free(sc);
+    pt_scrape_t *sc = scrape();
+    cr_assert(eq(u64, PT_U64(sc, "process_start_time_seconds"), START_S));
+    cr_assert(eq(str, (char *) pt_find_family(sc, "process_start_time_seconds")->type, "gauge"));
+    cr_assert(eq(u64, PT_U64(sc, "limits_workers"), N_SLOTS));
+    cr_assert(eq(str, (char *) pt_find_family(sc, "limits_workers")->type, "gauge"));
+    cr_assert(eq(u64, PT_U64(sc, "limits_worker_restarts_total"), 0));
+    cr_assert(
+        eq(str, (char *) pt_find_family(sc, "limits_worker_restarts_total")->type, "counter"));
+    pt_scrape_free(sc);
 
     /* The supervisor counts restarts; it records into no slot itself. */
     lim_metrics_reset();
@@ -903,8 +692,8 @@ Test(metrics, service_start_workers_and_restarts, .init = init, .fini = fini)
     lim_metrics_worker_restarted(region);
     be_worker(2);
     sc = scrape();
-    cr_assert(eq(u64, U64(sc, "limits_worker_restarts_total"), 2));
-    scrape_free(sc);
+    cr_assert(eq(u64, PT_U64(sc, "limits_worker_restarts_total"), 2));
+    pt_scrape_free(sc);
 }
 
 Test(metrics, every_family_and_type, .init = init, .fini = fini)
@@ -922,25 +711,26 @@ Test(metrics, every_family_and_type, .init = init, .fini = fini)
     };
 
     be_worker(0);
-    scrape_t *sc = scrape();
+    pt_scrape_t *sc = scrape();
     for (size_t i = 0; i < LIM_ARRAY_SIZE(want); i++) {
-        const family_t *f = find_family(sc, want[i][0]);
+        const pt_family_t *f = pt_find_family(sc, want[i][0]);
         cr_assert_not_null(f, "no family %s", want[i][0]);
         cr_assert(eq(str, (char *) f->type, (char *) want[i][1]), "%s", want[i][0]);
     }
     for (size_t i = 0; i < N_FIELDS; i++)
-        cr_assert_not_null(find_family(sc, fields[i].family), "no family %s", fields[i].family);
+        cr_assert_not_null(pt_find_family(sc, fields[i].family), "no family %s", fields[i].family);
     /* Histograms of every label, even unused: 4 route labels, 6 operations. */
     const char *labels[] = {"route=\"none\"", "route=\"home\"", "route=\"card_load\"",
                             "route=\"metrics\""};
     for (size_t i = 0; i < LIM_ARRAY_SIZE(labels); i++)
         check_hist(sc, "limits_http_request_duration_seconds", labels[i], NULL, "0.000000000");
-    cr_assert(eq(sz, find_family(sc, "limits_http_request_duration_seconds")->n, 4 * (N_LES + 2)));
-    cr_assert(eq(sz, find_family(sc, "limits_braintree_request_duration_seconds")->n,
+    cr_assert(
+        eq(sz, pt_find_family(sc, "limits_http_request_duration_seconds")->n, 4 * (N_LES + 2)));
+    cr_assert(eq(sz, pt_find_family(sc, "limits_braintree_request_duration_seconds")->n,
                  LIM_M_BT_OP_COUNT * (N_LES + 2)));
     /* No request yet: the family is declared with no series. */
-    cr_assert(eq(sz, find_family(sc, "limits_http_requests_total")->n, 0));
-    scrape_free(sc);
+    cr_assert(eq(sz, pt_find_family(sc, "limits_http_requests_total")->n, 0));
+    pt_scrape_free(sc);
 }
 
 Test(metrics, render_into_a_small_buffer_fails_cleanly, .init = init, .fini = fini)
@@ -1010,24 +800,24 @@ Test(metrics, forked_workers_are_summed_by_any_process, .init = init, .fini = fi
 
     /* Worker 2 runs, records and dies; its successor records a little and dies too. */
     wait_child(spawn_worker(2, 3, 100, 5));
-    scrape_t *sc = scrape();
+    pt_scrape_t *sc = scrape();
     cr_assert(
-        eq(u64, U64(sc, "limits_http_requests_total{route=\"card_load\",status=\"200\"}"), 4));
-    cr_assert(eq(u64, U64(sc, "limits_loads_total{outcome=\"succeeded\"}"), 4));
-    cr_assert(eq(u64, U64(sc, "limits_pg_queries_total"), 1100));
-    cr_assert(eq(u64, U64(sc, "limits_http_connections_open"), 15));
-    scrape_free(sc);
+        eq(u64, PT_U64(sc, "limits_http_requests_total{route=\"card_load\",status=\"200\"}"), 4));
+    cr_assert(eq(u64, PT_U64(sc, "limits_loads_total{outcome=\"succeeded\"}"), 4));
+    cr_assert(eq(u64, PT_U64(sc, "limits_pg_queries_total"), 1100));
+    cr_assert(eq(u64, PT_U64(sc, "limits_http_connections_open"), 15));
+    pt_scrape_free(sc);
     wait_child(spawn_worker(2, 2, 7, 1));
     sc = scrape();
     cr_assert(
-        eq(u64, U64(sc, "limits_http_requests_total{route=\"card_load\",status=\"200\"}"), 6));
+        eq(u64, PT_U64(sc, "limits_http_requests_total{route=\"card_load\",status=\"200\"}"), 6));
     cr_assert(eq(u64,
-                 U64(sc, "limits_braintree_requests_total{operation=\"sale\","
-                         "result=\"ok\"}"),
+                 PT_U64(sc, "limits_braintree_requests_total{operation=\"sale\","
+                            "result=\"ok\"}"),
                  5));
-    cr_assert(eq(u64, U64(sc, "limits_pg_queries_total"), 1107)); /* not back to 1007 */
-    cr_assert(eq(u64, U64(sc, "limits_http_connections_open"), 11));
-    scrape_free(sc);
+    cr_assert(eq(u64, PT_U64(sc, "limits_pg_queries_total"), 1107)); /* not back to 1007 */
+    cr_assert(eq(u64, PT_U64(sc, "limits_http_connections_open"), 11));
+    pt_scrape_free(sc);
 
     /* Two workers at once, many events each: none is lost. */
     pid_t a = spawn_worker(1, 20000, 0, 0);
@@ -1035,10 +825,10 @@ Test(metrics, forked_workers_are_summed_by_any_process, .init = init, .fini = fi
     wait_child(a);
     wait_child(b);
     sc = scrape();
-    cr_assert(eq(u64, U64(sc, "limits_loads_total{outcome=\"succeeded\"}"), 50006));
-    cr_assert(
-        eq(u64, U64(sc, "limits_http_request_duration_seconds_count{route=\"card_load\"}"), 50006));
+    cr_assert(eq(u64, PT_U64(sc, "limits_loads_total{outcome=\"succeeded\"}"), 50006));
+    cr_assert(eq(u64, PT_U64(sc, "limits_http_request_duration_seconds_count{route=\"card_load\"}"),
+                 50006));
     check_hist(sc, "limits_http_request_duration_seconds", "route=\"card_load\"", NULL, NULL);
     check_hist(sc, "limits_braintree_request_duration_seconds", "operation=\"sale\"", NULL, NULL);
-    scrape_free(sc);
+    pt_scrape_free(sc);
 }
