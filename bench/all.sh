@@ -13,6 +13,8 @@
 #   cards         GET /cards/{id}/ vs pgbench running card_get            (bench/cards.sh)
 #   tokens        POST /tokens/ at 0 and 200 ms gateway latency           (bench/tokens.sh)
 #   loads         loads vs pgbench running the load's SQL, 0 and 200 ms   (bench/loads.sh)
+#   loads_shared  the same with limits and PostgreSQL on one core (information)
+#                                                                          (bench/loads_shared.sh)
 #   fake_gateway  the fake Braintree gateway's sales/s                    (bench/fake_gateway.sh)
 #   slowloris     /healthz and loads latency, quiet vs 1000 slow + 1000 idle (bench/slowloris.sh)
 #   workers       serve --workers 2 vs --workers 1, /healthz and loads    (bench/workers.sh)
@@ -38,7 +40,7 @@ set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-ALL_SCENARIOS=(healthz idle_rss cards tokens loads fake_gateway slowloris workers redis)
+ALL_SCENARIOS=(healthz idle_rss cards tokens loads loads_shared fake_gateway slowloris workers redis)
 ROUNDS=${ROUNDS:-1}
 BUDGET=${BUDGET:-}
 VERBOSE=${VERBOSE:-0}
@@ -112,7 +114,7 @@ estimate() {
     idle_rss) echo 20 ;;                                                  # fixed
     cards) echo $((15 + r * 3 * run3)) ;;                                 # limits, pgbench c64, c16
     tokens) echo $((20 + r * 4 * run3)) ;;                                # 2 latencies x 2 conns
-    loads) echo $((30 + r * 2 * (20 + 3 * run3))) ;;                      # 2 cases: warm-up + 3 sides
+    loads | loads_shared) echo $((30 + r * 2 * (20 + 3 * run3))) ;;       # 2 cases: warm-up + 3 sides
     fake_gateway) echo $((5 + run2)) ;;
     slowloris) echo $((10 + r * (2 * (8 + 2 * run3) + 15))) ;;            # 2 phases x (healthz + loads)
     workers) echo $((10 + r * 2 * (11 + 3 * run3))) ;;                    # 2 counts x (healthz + 2 loads)
@@ -169,7 +171,7 @@ COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 DIRTY=$(git -C "$ROOT" status --porcelain --untracked-files=no -- src include CMakeLists.txt 2>/dev/null |
     awk '{print $2}' | tr '\n' ' ')
 
-STACK_SCENARIOS=" cards tokens loads slowloris workers redis "
+STACK_SCENARIOS=" cards tokens loads loads_shared slowloris workers redis "
 uses_stack=0
 for s in "${RUN[@]}"; do
     [[ $STACK_SCENARIOS == *" $s "* ]] && uses_stack=1

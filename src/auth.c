@@ -25,8 +25,9 @@
 typedef struct entry_s {
     uint8_t hash[32]; /* SHA-256 of the key */
     int64_t user_id;  /* 0: empty */
-    uint64_t expires; /* uv_now() from which the entry is no longer used */
-} entry_t;            /* 48 bytes */
+    int64_t key_id;   /* api_keys.id */
+    uint64_t expires; /* uv_now() from which the entry is only a hint (lim_auth_cache_find) */
+} entry_t;            /* 56 bytes */
 
 typedef struct set_s {
     entry_t e[WAYS]; /* most recently used first; empty ones may sit anywhere */
@@ -48,7 +49,10 @@ struct lim_auth_s {
 typedef struct pending_s {
     lim_auth_t *auth;
     lim_req_t *req;
-    lim_auth_cb cb;
+    lim_auth_cb cb;                 /* lim_auth_request() */
+    lim_auth_hint_cb hint_cb;       /* lim_auth_request_hint() */
+    lim_auth_confirm_cb confirm_cb; /* lim_auth_confirm() */
+    void *arg;                      /*   its argument */
     uint8_t hash[32];
 } pending_t;
 
@@ -105,7 +109,8 @@ static entry_t *to_front(set_t *set, unsigned w)
     return &set->e[0];
 }
 
-int64_t lim_auth_cache_get(lim_auth_cache_t *cache, const uint8_t hash[32], uint64_t now)
+int lim_auth_cache_find(lim_auth_cache_t *cache, const uint8_t hash[32], uint64_t now,
+                        lim_auth_key_t *out)
 {
     set_t *set = set_for(cache, hash);
 
@@ -114,25 +119,49 @@ int64_t lim_auth_cache_get(lim_auth_cache_t *cache, const uint8_t hash[32], uint
         if (e->user_id == 0 || memcmp(e->hash, hash, sizeof(e->hash)) != 0)
             continue;
         if (e->expires <= now) {
-            /* Past its TTL: the database must confirm the key again (it may be revoked). */
-            e->user_id = 0;
+            /* Past its TTL: the database must confirm the key again (it may be revoked). The
+             * entry stays as a hint, first in line to be replaced (lim_auth_cache_put). */
             cache->st.expired++;
-            break;
+            cache->st.misses++;
+            out->user_id = e->user_id;
+            out->key_id = e->key_id;
+            out->confirmed = 0;
+            return 1;
         }
         cache->st.hits++;
-        return to_front(set, w)->user_id;
+        e = to_front(set, w);
+        out->user_id = e->user_id;
+        out->key_id = e->key_id;
+        out->confirmed = 1;
+        return 1;
     }
     cache->st.misses++;
     return 0;
 }
 
+int64_t lim_auth_cache_get(lim_auth_cache_t *cache, const uint8_t hash[32], uint64_t now)
+{
+    lim_auth_key_t k;
+
+    return lim_auth_cache_find(cache, hash, now, &k) && k.confirmed ? k.user_id : 0;
+}
+
+void lim_auth_cache_drop(lim_auth_cache_t *cache, const uint8_t hash[32])
+{
+    set_t *set = set_for(cache, hash);
+
+    for (unsigned w = 0; w < WAYS; w++)
+        if (set->e[w].user_id != 0 && memcmp(set->e[w].hash, hash, 32) == 0)
+            set->e[w].user_id = 0;
+}
+
 void lim_auth_cache_put(lim_auth_cache_t *cache, const uint8_t hash[32], int64_t user_id,
-                        uint64_t expires, uint64_t now)
+                        int64_t key_id, uint64_t expires, uint64_t now)
 {
     set_t *set = set_for(cache, hash);
     unsigned victim = WAYS;
 
-    if (user_id <= 0)
+    if (user_id <= 0 || key_id <= 0)
         return;
     /* The key's own entry if it is there (two lookups of one key raced), else the least
      * recently used of the empty or expired entries, else the least recently used one. */
@@ -149,6 +178,7 @@ void lim_auth_cache_put(lim_auth_cache_t *cache, const uint8_t hash[32], int64_t
     entry_t *e = to_front(set, victim);
     memcpy(e->hash, hash, sizeof(e->hash));
     e->user_id = user_id;
+    e->key_id = key_id;
     e->expires = expires;
 }
 
@@ -203,19 +233,57 @@ static void unauthorized(lim_req_t *req, int had_key)
                                   : "An API key is required: send Authorization: Bearer <key>.");
 }
 
-static void on_user(int status, int64_t user_id, void *arg)
+void lim_auth_respond_invalid(lim_req_t *req)
+{
+    unauthorized(req, 1);
+}
+
+void lim_auth_remember(lim_auth_t *auth, const lim_auth_key_t *key)
+{
+    uint64_t now = uv_now(auth->loop);
+
+    lim_auth_cache_put(auth->cache, key->hash, key->user_id, key->key_id, now + auth->ttl_ms, now);
+}
+
+void lim_auth_forget(lim_auth_t *auth, const uint8_t hash[32])
+{
+    lim_auth_cache_drop(auth->cache, hash);
+}
+
+static void on_user(int status, int64_t user_id, int64_t key_id, void *arg)
 {
     pending_t *p = arg;
     lim_req_t *req = p->req;
-    lim_auth_cb cb = p->cb;
+    lim_auth_key_t key;
 
+    memset(&key, 0, sizeof(key));
+    if (status == 0 && user_id > 0) {
+        key.user_id = user_id;
+        key.key_id = key_id;
+        key.confirmed = 1;
+        memcpy(key.hash, p->hash, sizeof(key.hash));
+        lim_auth_remember(p->auth, &key);
+    } else if (status == 0) {
+        lim_auth_forget(p->auth, p->hash);
+    }
+    if (p->confirm_cb != NULL) {
+        lim_auth_confirm_cb cb = p->confirm_cb;
+        void *cb_arg = p->arg;
+        free(p);
+        cb(status, key.user_id > 0 ? &key : NULL, cb_arg);
+        return;
+    }
     if (status != 0) {
         lim_respond_unavailable(req, "The database is not available; try again shortly.");
     } else if (user_id == 0) {
         unauthorized(req, 1);
+    } else if (p->hint_cb != NULL) {
+        lim_auth_hint_cb cb = p->hint_cb;
+        free(p);
+        cb(req, &key);
+        return;
     } else {
-        uint64_t now = uv_now(p->auth->loop);
-        lim_auth_cache_put(p->auth->cache, p->hash, user_id, now + p->auth->ttl_ms, now);
+        lim_auth_cb cb = p->cb;
         free(p);
         cb(req, user_id);
         return;
@@ -223,21 +291,26 @@ static void on_user(int status, int64_t user_id, void *arg)
     free(p);
 }
 
-void lim_auth_request(lim_auth_t *auth, lim_req_t *req, lim_auth_cb cb)
+static int ask(lim_auth_t *auth, const uint8_t hash[32], pending_t *p)
+{
+    p->auth = auth;
+    memcpy(p->hash, hash, sizeof(p->hash));
+    return lim_store_user_by_key(auth->store, hash, on_user, p);
+}
+
+/* The key of `req` hashed: 1, or 0 when the request has been answered 401. */
+static int key_of(lim_req_t *req, uint8_t hash[32])
 {
     size_t n = 0;
     const char *h = lim_req_header(req, "authorization", &n);
-    uint8_t hash[32];
-    pending_t *p;
-    int rc;
 
     if (h == NULL) {
         unauthorized(req, 0);
-        return;
+        return 0;
     }
     if (n < 7 || strncasecmp(h, "Bearer ", 7) != 0) {
         unauthorized(req, 1);
-        return;
+        return 0;
     }
     h += 7;
     n -= 7;
@@ -247,27 +320,67 @@ void lim_auth_request(lim_auth_t *auth, lim_req_t *req, lim_auth_cb cb)
     }
     if (!lim_apikey_well_formed(h, n)) {
         unauthorized(req, 1);
-        return;
+        return 0;
     }
     lim_apikey_hash(h, n, hash);
+    return 1;
+}
 
-    int64_t user_id = lim_auth_cache_get(auth->cache, hash, uv_now(auth->loop));
-    if (user_id != 0) {
-        cb(req, user_id);
+static void request(lim_auth_t *auth, lim_req_t *req, lim_auth_cb cb, lim_auth_hint_cb hint_cb)
+{
+    uint8_t hash[32];
+    lim_auth_key_t key;
+    pending_t *p;
+
+    if (!key_of(req, hash))
+        return;
+    if (lim_auth_cache_find(auth->cache, hash, uv_now(auth->loop), &key) &&
+        (key.confirmed || hint_cb != NULL)) {
+        if (hint_cb != NULL) {
+            if (!key.confirmed)
+                auth->cache->st.hints++;
+            memcpy(key.hash, hash, sizeof(key.hash));
+            hint_cb(req, &key);
+        } else {
+            cb(req, key.user_id);
+        }
         return;
     }
-    p = malloc(sizeof(*p));
+    p = calloc(1, sizeof(*p));
     if (p == NULL) {
         lim_respond_unavailable(req, "The server is out of memory; try again shortly.");
         return;
     }
-    p->auth = auth;
     p->req = req;
     p->cb = cb;
-    memcpy(p->hash, hash, sizeof(hash));
-    rc = lim_store_user_by_key(auth->store, hash, on_user, p);
-    if (rc != 0) {
+    p->hint_cb = hint_cb;
+    if (ask(auth, hash, p) != 0) {
         free(p);
         lim_respond_unavailable(req, "The database is not available; try again shortly.");
     }
+}
+
+void lim_auth_request(lim_auth_t *auth, lim_req_t *req, lim_auth_cb cb)
+{
+    request(auth, req, cb, NULL);
+}
+
+void lim_auth_request_hint(lim_auth_t *auth, lim_req_t *req, lim_auth_hint_cb cb)
+{
+    request(auth, req, NULL, cb);
+}
+
+int lim_auth_confirm(lim_auth_t *auth, const uint8_t hash[32], lim_auth_confirm_cb cb, void *arg)
+{
+    pending_t *p = calloc(1, sizeof(*p));
+    int rc;
+
+    if (p == NULL)
+        return UV_ENOMEM;
+    p->confirm_cb = cb;
+    p->arg = arg;
+    rc = ask(auth, hash, p);
+    if (rc != 0)
+        free(p);
+    return rc;
 }

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "lim/braintree.h"
 #include "lim/buf.h"
@@ -138,9 +139,10 @@ struct lim_bt_parsed_s {
     int txn_depth;   /* depth of the <transaction> being read, 0 when none */
     int error_depth; /* depth of the <error> being read, 0 when none */
     txn_raw_t *txn;  /* the one being filled */
-    txn_raw_t txns[MAX_FOUND];
-    unsigned n_txns;
-    lim_bt_txn_t found[MAX_FOUND];
+    txn_raw_t *txns; /* malloc'd, grown as transactions come (a sale has one, a search up to
+                        MAX_FOUND): a parse no longer zeroes 70 KB it does not use */
+    unsigned n_txns, cap_txns;
+    lim_bt_txn_t *found; /* search: n_txns copies of txns[i].t (malloc'd) */
     lim_bt_error_t errors[LIM_BT_MAX_ERRORS];
     unsigned n_errors;
     char err_code[48], err_msg[256];
@@ -188,7 +190,18 @@ static void XMLCALL on_start(void *ud, const XML_Char *name, const XML_Char **at
         (p->depth == 1 ||
          (p->depth == 2 && (strcmp(p->names[0], "api-error-response") == 0 ||
                             strcmp(p->names[0], "credit-card-transactions") == 0)))) {
-        if (p->n_txns < MAX_FOUND) {
+        if (p->n_txns == p->cap_txns && p->cap_txns < MAX_FOUND) {
+            unsigned cap = p->cap_txns == 0 ? 1 : p->cap_txns * 4;
+            txn_raw_t *t = realloc(p->txns, (cap < MAX_FOUND ? cap : MAX_FOUND) * sizeof(*t));
+            if (t == NULL) {
+                p->bad = 1;
+                XML_StopParser(p->xp, XML_FALSE);
+                return;
+            }
+            p->txns = t;
+            p->cap_txns = cap < MAX_FOUND ? cap : MAX_FOUND;
+        }
+        if (p->n_txns < p->cap_txns) {
             p->txn = &p->txns[p->n_txns++];
             memset(p->txn, 0, sizeof(*p->txn));
             p->txn->t.amount_minor = -1;
@@ -344,6 +357,8 @@ void lim_bt_parsed_free(lim_bt_parsed_t *p)
         XML_ParserFree(p->xp);
     lim_buf_free(&p->text);
     free(p->token);
+    free(p->txns);
+    free(p->found);
     free(p);
 }
 
@@ -395,6 +410,9 @@ static void map_refusal(lim_bt_parsed_t *p, lim_bt_result_t *r)
     }
 }
 
+/* See lim_bt_parse(); 0 until drawn (and if the draw fails: expat then draws its own). */
+static unsigned long hash_salt;
+
 int lim_bt_parse(const char *kind, long http_code, const char *body, size_t len, lim_bt_result_t *r,
                  lim_bt_parsed_t **parsed)
 {
@@ -413,6 +431,13 @@ int lim_bt_parse(const char *kind, long http_code, const char *body, size_t len,
         lim_bt_parsed_free(p);
         return UV_ENOMEM;
     }
+    /* Expat salts its hash tables against flooding with a getrandom() per parser unless given
+     * a salt: one random salt per process serves as well, without a system call per answer. */
+    if (hash_salt == 0 &&
+        getrandom(&hash_salt, sizeof(hash_salt), GRND_NONBLOCK) != (ssize_t) sizeof(hash_salt))
+        hash_salt = 0;
+    if (hash_salt != 0)
+        XML_SetHashSalt(p->xp, hash_salt);
     XML_SetUserData(p->xp, p);
     XML_SetElementHandler(p->xp, on_start, on_end);
     XML_SetCharacterDataHandler(p->xp, on_chars);
@@ -423,8 +448,6 @@ int lim_bt_parse(const char *kind, long http_code, const char *body, size_t len,
     }
     *parsed = p;
 
-    for (unsigned i = 0; i < p->n_txns; i++)
-        p->found[i] = p->txns[i].t;
     if (p->n_txns > 0)
         r->txn = p->txns[0].t;
     if (p->depth != 0)
@@ -447,7 +470,12 @@ int lim_bt_parse(const char *kind, long http_code, const char *body, size_t len,
     } else if (strcmp(kind, "transaction") == 0) {
         if (p->n_txns == 0 || r->txn.id[0] == '\0')
             return UV_EPROTO;
-    } else if (strcmp(kind, "search") == 0) {
+    } else if (strcmp(kind, "search") == 0 && p->n_txns > 0) {
+        p->found = malloc(p->n_txns * sizeof(*p->found));
+        if (p->found == NULL)
+            return UV_ENOMEM;
+        for (unsigned i = 0; i < p->n_txns; i++)
+            p->found[i] = p->txns[i].t;
         r->found = p->found;
         r->n_found = p->n_txns;
     }

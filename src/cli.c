@@ -386,7 +386,8 @@ static const char keys_usage[] =
     "  revoke  revokes the key with that prefix (a whole key works too, matched by its hash;\n"
     "          --user restricts the match to that user's keys), or with --all every live key\n"
     "          of the user. Revoking a revoked key changes nothing and says so (exit status\n"
-    "          0). Running servers stop accepting a revoked key within AUTH_CACHE_TTL.\n"
+    "          0). Running servers refuse a revoked key's loads at once, and its other\n"
+    "          requests within AUTH_CACHE_TTL.\n"
     "No such user or key, or a prefix several keys share, is an error (exit status 1).\n";
 
 /* argv: GROUP SUBCOMMAND ARGS... */

@@ -72,7 +72,7 @@ enum {
 /* Every statement names its owner in the WHERE clause (store.h: ownership inside the SQL). */
 static const lim_pg_stmt_t stmts[] = {
     [STMT_USER_BY_KEY_HASH] = {"user_by_key_hash",
-                               "SELECT user_id FROM api_keys"
+                               "SELECT user_id, id FROM api_keys"
                                " WHERE key_hash = $1::bytea AND revoked_at IS NULL",
                                1},
     [STMT_CARDS_LIST] = {"cards_list",
@@ -118,8 +118,8 @@ static const lim_pg_stmt_t stmts[] = {
                          "SELECT outcome, load_id, created_ms, day_minor, month_minor, year_minor,"
                          " card_minor, customer_id, customer_created"
                          " FROM lim_load_begin($1::bigint, $2::bigint, $3::bigint, $4::text,"
-                         " $5::text, $6::bigint, $7::bigint, $8::bigint, $9::bigint)",
-                         9},
+                         " $5::text, $6::bigint, $7::bigint, $8::bigint, $9::bigint, $10::bigint)",
+                         10},
     /* The function returns the row as it is after the change (a join here would read the
      * statement's snapshot, from before it). */
     [STMT_LOAD_FINISH] = {"load_finish",
@@ -362,20 +362,21 @@ static void on_user_by_key(const lim_pg_result_t *r, void *arg)
     req_t *req = arg;
     lim_store_user_cb cb = req->cb.user;
     void *cb_arg = req->arg;
-    int64_t user_id = 0;
+    int64_t user_id = 0, key_id = 0;
     int status = r->status;
 
     free(req);
     if (query_failed(r, STMT_USER_BY_KEY_HASH)) {
-        cb(status, 0, cb_arg);
+        cb(status, 0, 0, cb_arg);
         return;
     }
     /* key_hash is unique: at most one row. */
-    if (PQntuples(r->res) > 0 && (lim_pg_get_i64(r->res, 0, 0, &user_id) != 0 || user_id <= 0)) {
-        cb(bad_result(STMT_USER_BY_KEY_HASH, "user id is not a number"), 0, cb_arg);
+    if (PQntuples(r->res) > 0 && (lim_pg_get_i64(r->res, 0, 0, &user_id) != 0 || user_id <= 0 ||
+                                  lim_pg_get_i64(r->res, 0, 1, &key_id) != 0 || key_id <= 0)) {
+        cb(bad_result(STMT_USER_BY_KEY_HASH, "user or key id is not a number"), 0, 0, cb_arg);
         return;
     }
-    cb(0, user_id, cb_arg);
+    cb(0, user_id, key_id, cb_arg);
 }
 
 int lim_store_user_by_key(lim_store_t *store, const uint8_t key_hash[32], lim_store_user_cb cb,
@@ -559,9 +560,10 @@ static void on_load_begin(const lim_pg_result_t *r, void *arg)
         return;
     }
     const char *outcome = PQgetvalue(res, 0, 0);
-    b.outcome = strcmp(outcome, "ok") == 0      ? LIM_LOAD_BEGIN_OK
-                : strcmp(outcome, "limit") == 0 ? LIM_LOAD_BEGIN_LIMIT
-                                                : LIM_LOAD_BEGIN_NOT_FOUND;
+    b.outcome = strcmp(outcome, "ok") == 0        ? LIM_LOAD_BEGIN_OK
+                : strcmp(outcome, "limit") == 0   ? LIM_LOAD_BEGIN_LIMIT
+                : strcmp(outcome, "bad_key") == 0 ? LIM_LOAD_BEGIN_BAD_KEY
+                                                  : LIM_LOAD_BEGIN_NOT_FOUND;
     if ((b.outcome == LIM_LOAD_BEGIN_OK && (lim_pg_get_i64(res, 0, 1, &b.load_id) != 0 ||
                                             lim_pg_get_i64(res, 0, 2, &b.created_ms) != 0)) ||
         lim_pg_get_i64(res, 0, 3, &b.day_minor) != 0 ||
@@ -576,12 +578,13 @@ static void on_load_begin(const lim_pg_result_t *r, void *arg)
     cb(0, &b, cb_arg);
 }
 
-int lim_store_load_begin(lim_store_t *store, int64_t user_id, int64_t card_id,
+int lim_store_load_begin(lim_store_t *store, int64_t user_id, int64_t key_id, int64_t card_id,
                          lim_money_t amount_minor, const char *order_id, const char *idem_key,
                          const lim_limits_t *limits, lim_store_begin_cb cb, void *arg)
 {
-    char v[7][24];
-    const char *params[9] = {v[0], v[1], v[2], order_id, idem_key, v[3], v[4], v[5], v[6]};
+    char v[8][24];
+    const char *params[10] = {v[0], v[1], v[2], order_id, idem_key,
+                              v[3], v[4], v[5], v[6],     key_id > 0 ? v[7] : NULL};
     req_t *req = req_new((void *) cb, arg, STMT_LOAD_BEGIN);
 
     if (req == NULL)
@@ -593,7 +596,8 @@ int lim_store_load_begin(lim_store_t *store, int64_t user_id, int64_t card_id,
     snprintf(v[4], sizeof(v[4]), "%" PRId64, limits->month_minor);
     snprintf(v[5], sizeof(v[5]), "%" PRId64, limits->year_minor);
     snprintf(v[6], sizeof(v[6]), "%" PRId64, limits->balance_minor);
-    return start(store, STMT_LOAD_BEGIN, params, 9, on_load_begin, req);
+    snprintf(v[7], sizeof(v[7]), "%" PRId64, key_id);
+    return start(store, STMT_LOAD_BEGIN, params, 10, on_load_begin, req);
 }
 
 static void on_load_finish(const lim_pg_result_t *r, void *arg)

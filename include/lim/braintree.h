@@ -121,8 +121,8 @@ char *lim_bt_sale_xml(const char *order_id, const char *customer_id, const char 
 /**
  * Parse a gateway response body (already decoded) of `kind` ("transaction", "client_token",
  * "customer", "search_ids", "search") with HTTP status `http_code` into r (r's pointers stay
- * valid until lim_bt_parsed_free). @return 0, or UV_EPROTO when the body is not what the call
- * expects.
+ * valid until lim_bt_parsed_free). @return 0, UV_EPROTO when the body is not what the call
+ * expects, or UV_ENOMEM. *parsed is set (and must be freed) whenever the return is not EINVAL.
  */
 typedef struct lim_bt_parsed_s lim_bt_parsed_t;
 LIM_MUSTCHECK int lim_bt_parse(const char *kind, long http_code, const char *body, size_t len,

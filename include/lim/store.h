@@ -25,7 +25,7 @@
 #include "lim/pg.h"
 
 /* The schema version this build expects (the last migration's number). */
-#define LIM_SCHEMA_VERSION 3
+#define LIM_SCHEMA_VERSION 4
 
 typedef struct lim_store_s lim_store_t;
 
@@ -46,7 +46,9 @@ typedef struct lim_card_detail_s {
 } lim_card_detail_t;
 
 /* status: 0 or a pg.h status (UV_ETIMEDOUT, UV_ECONNRESET, UV_EPROTO, UV_ECANCELED). */
-typedef void (*lim_store_user_cb)(int status, int64_t user_id /* 0: no such key */, void *arg);
+typedef void (*lim_store_user_cb)(int status, int64_t user_id /* 0: no such key */,
+                                  int64_t key_id /* its api_keys.id, 0 with user_id 0 */,
+                                  void *arg);
 typedef void (*lim_store_cards_cb)(int status, const lim_card_t *cards, size_t n, void *arg);
 typedef void (*lim_store_card_cb)(int status, const lim_card_detail_t *card /* NULL: none */,
                                   void *arg);
@@ -64,7 +66,7 @@ lim_pg_pool_t *lim_store_pool(lim_store_t *store);
 /** Close the pool; cb runs when everything is released. */
 void lim_store_close(lim_store_t *store, lim_store_closed_cb cb, void *arg);
 
-/** The user owning a live (not revoked) API key, by the key's SHA-256. */
+/** The user owning a live (not revoked) API key, and the key's id, by the key's SHA-256. */
 LIM_MUSTCHECK int lim_store_user_by_key(lim_store_t *store, const uint8_t key_hash[32],
                                         lim_store_user_cb cb, void *arg);
 
@@ -109,6 +111,7 @@ typedef enum lim_load_begin_outcome_e {
     LIM_LOAD_BEGIN_OK = 0,    /* recorded as pending: charge it */
     LIM_LOAD_BEGIN_LIMIT,     /* a rule would be broken: nothing recorded */
     LIM_LOAD_BEGIN_NOT_FOUND, /* no such card for this user */
+    LIM_LOAD_BEGIN_BAD_KEY,   /* the API key is revoked, gone or not this user's: nothing done */
 } lim_load_begin_outcome_t;
 
 typedef struct lim_load_begin_s {
@@ -133,12 +136,15 @@ typedef void (*lim_store_loads_cb)(int status, const lim_load_t *loads, size_t n
 
 /**
  * Phase 1: under the user's lock, check the four rules against the ledger and record the load
- * as pending with `order_id` (and link `idem_key`, when not NULL, to it).
+ * as pending with `order_id` (and link `idem_key`, when not NULL, to it). With key_id > 0 the
+ * same transaction first checks that this API key is the user's and not revoked
+ * (LIM_LOAD_BEGIN_BAD_KEY otherwise); key_id 0 skips that check.
  */
-LIM_MUSTCHECK int lim_store_load_begin(lim_store_t *store, int64_t user_id, int64_t card_id,
-                                       lim_money_t amount_minor, const char *order_id,
-                                       const char *idem_key, const lim_limits_t *limits,
-                                       lim_store_begin_cb cb, void *arg);
+LIM_MUSTCHECK int lim_store_load_begin(lim_store_t *store, int64_t user_id, int64_t key_id,
+                                       int64_t card_id, lim_money_t amount_minor,
+                                       const char *order_id, const char *idem_key,
+                                       const lim_limits_t *limits, lim_store_begin_cb cb,
+                                       void *arg);
 
 /**
  * Phase 3: move an in-flight load to `status` (succeeded, declined, failed, unknown), crediting

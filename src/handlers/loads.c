@@ -3,7 +3,10 @@
  * GET /cards/{id}/loads/{load_id}/.
  *
  * The flow, one step per callback, no lock held across the gateway call:
- *   1. authenticate; parse and validate the body (400, nothing stored);
+ *   1. authenticate; parse and validate the body (400, nothing stored). A key whose cache entry
+ *      has expired is taken as a hint (auth.h lim_auth_request_hint): step 3's transaction
+ *      re-checks every load's key anyway, and any answer given before it waits for the key to
+ *      be confirmed (lim_auth_confirm), so a revoked key only ever gets 401;
  *   2. Idempotency-Key: claim it (422 reused, 409 in use, or replay what was answered);
  *   3. limits: the Redis reservation (when Redis is up) decides fast; then, always, one short
  *      PostgreSQL transaction re-checks all four rules from the ledger under the user's lock and
@@ -37,6 +40,7 @@
 typedef struct load_ctx_s {
     lim_req_t *req;
     lim_app_t *app;
+    lim_auth_key_t key; /* the API key: its user, and whether it is confirmed yet */
     int64_t user_id;
     int64_t card_id;
     lim_money_t amount_minor;
@@ -154,6 +158,7 @@ typedef enum answer_kind_e {
     ANSWER_BODY,        /* status and body */
     ANSWER_UNAVAILABLE, /* 503 with message */
     ANSWER_NOT_FOUND,   /* 404 */
+    ANSWER_BAD_KEY,     /* 401: the key was revoked meanwhile */
 } answer_kind_t;
 
 typedef struct answer_s {
@@ -181,6 +186,9 @@ static void answer_send(lim_req_t *req, answer_kind_t kind, int status, char *bo
         return;
     case ANSWER_NOT_FOUND:
         lim_respond_not_found(req);
+        return;
+    case ANSWER_BAD_KEY:
+        lim_auth_respond_invalid(req);
         return;
     }
 }
@@ -387,6 +395,18 @@ static void on_begin(int status, const lim_load_begin_t *b, void *arg)
     c->begin = *b;
     if (b->load_id > 0)
         lim_req_log_field(c->req, "load_id", b->load_id);
+    if (b->outcome == LIM_LOAD_BEGIN_BAD_KEY) {
+        /* Revoked since it was cached: nothing was recorded or charged. */
+        release_reservation(c);
+        lim_auth_forget(app->auth, c->key.hash);
+        answer(c, -1, ANSWER_BAD_KEY, 401, NULL, NULL);
+        return;
+    }
+    if (!c->key.confirmed) {
+        /* The transaction just confirmed the key. */
+        c->key.confirmed = 1;
+        lim_auth_remember(app->auth, &c->key);
+    }
     if (b->outcome == LIM_LOAD_BEGIN_NOT_FOUND) {
         release_reservation(c);
         lim_metrics_count(LIM_M_LOAD_NOT_FOUND);
@@ -429,10 +449,29 @@ static void begin_in_database(load_ctx_t *c)
     int rc;
 
     limits_of(c->app->cfg, &lim);
-    rc = lim_store_load_begin(c->app->store, c->user_id, c->card_id, c->amount_minor, c->order_id,
-                              c->idem_key[0] != '\0' ? c->idem_key : NULL, &lim, on_begin, c);
+    rc = lim_store_load_begin(c->app->store, c->user_id, c->key.key_id, c->card_id, c->amount_minor,
+                              c->order_id, c->idem_key[0] != '\0' ? c->idem_key : NULL, &lim,
+                              on_begin, c);
     if (rc != 0)
         on_begin(rc, NULL, c);
+}
+
+/* A refusal by Redis for a key that was only a hint: answered once the key is confirmed. */
+static void on_refusal_confirmed(int status, const lim_auth_key_t *key, void *arg)
+{
+    load_ctx_t *c = arg;
+    lim_req_t *req = c->req;
+
+    if (status != 0 || key == NULL || key->user_id != c->user_id) {
+        free(c);
+        if (status != 0)
+            lim_respond_unavailable(req, "The database is not available; try again shortly.");
+        else
+            lim_auth_respond_invalid(req);
+        return;
+    }
+    lim_metrics_count(LIM_M_LOAD_REFUSED);
+    finish(c, 400, envelope("error", c->errors, c->n_errors, NULL, -1), 1);
 }
 
 static void on_reserved(const lim_limits_decision_t *d, void *arg)
@@ -455,6 +494,11 @@ static void on_reserved(const lim_limits_decision_t *d, void *arg)
             b.year_minor = d->year_minor;
             b.card_minor = d->card_minor;
             compliance_errors(c, &b, &lim);
+        }
+        if (c->n_errors > 0 && !c->key.confirmed) {
+            if (lim_auth_confirm(c->app->auth, c->key.hash, on_refusal_confirmed, c) != 0)
+                on_refusal_confirmed(UV_ENOMEM, NULL, c);
+            return;
         }
         if (c->n_errors > 0) {
             lim_metrics_count(LIM_M_LOAD_REFUSED);
@@ -584,7 +628,23 @@ static void fingerprint(const load_ctx_t *c, uint8_t out[32])
 /* ---- 1: authenticated and parsed --------------------------------------------------------------
  */
 
-static void load_authed(lim_req_t *req, int64_t user_id)
+static void load_authed(lim_req_t *req, const lim_auth_key_t *auth_key);
+
+/* The key was a hint and the request is about to be answered without the load's transaction
+ * (or to claim an Idempotency-Key): ask the database first, then start over. */
+static void on_key_confirmed(int status, const lim_auth_key_t *key, void *arg)
+{
+    lim_req_t *req = arg;
+
+    if (status != 0)
+        lim_respond_unavailable(req, "The database is not available; try again shortly.");
+    else if (key == NULL)
+        lim_auth_respond_invalid(req);
+    else
+        load_authed(req, key);
+}
+
+static void load_authed(lim_req_t *req, const lim_auth_key_t *auth_key)
 {
     lim_app_t *app = req->app;
     load_ctx_t *c;
@@ -592,6 +652,7 @@ static void load_authed(lim_req_t *req, int64_t user_id)
     size_t ct_len = 0, key_len = 0;
     const char *ct = lim_req_header(req, "content-type", &ct_len);
     const char *key = lim_req_header(req, "idempotency-key", &key_len);
+    int64_t user_id = auth_key->user_id;
     uint8_t fp[32];
 
     body = malloc(sizeof(*body));
@@ -602,6 +663,13 @@ static void load_authed(lim_req_t *req, int64_t user_id)
         free(c);
         lim_metrics_count(LIM_M_LOAD_UNAVAILABLE);
         lim_respond_unavailable(req, "The server is out of memory; try again shortly.");
+        return;
+    }
+    if ((body->n_errors > 0 || key != NULL) && !auth_key->confirmed) {
+        free(body);
+        free(c);
+        if (lim_auth_confirm(app->auth, auth_key->hash, on_key_confirmed, req) != 0)
+            lim_respond_unavailable(req, "The database is not available; try again shortly.");
         return;
     }
     if (body->n_errors > 0) {
@@ -624,6 +692,7 @@ static void load_authed(lim_req_t *req, int64_t user_id)
     }
     c->req = req;
     c->app = app;
+    c->key = *auth_key;
     c->user_id = user_id;
     c->card_id = req->ids[0];
     c->amount_minor = body->amount_minor;
@@ -660,7 +729,7 @@ static void load_authed(lim_req_t *req, int64_t user_id)
 void lim_handle_card_load(lim_req_t *req)
 {
     lim_app_t *app = req->app;
-    lim_auth_request(app->auth, req, load_authed);
+    lim_auth_request_hint(app->auth, req, load_authed);
 }
 
 /* ---- GET /cards/{id}/loads/ and /cards/{id}/loads/{load_id}/ --------------------------------- */

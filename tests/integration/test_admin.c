@@ -230,10 +230,11 @@ typedef struct lookup_s {
     int64_t user_id;
 } lookup_t;
 
-static void on_user(int status, int64_t user_id, void *arg)
+static void on_user(int status, int64_t user_id, int64_t key_id, void *arg)
 {
     lookup_t *l = arg;
     cr_assert_eq(l->done, 0, "callback called twice");
+    cr_assert_eq(user_id > 0, key_id > 0, "a user comes with its key id");
     l->status = status;
     l->user_id = user_id;
     l->done = 1;

@@ -25,6 +25,7 @@
 
 #include "httpc.h"
 #include "lim/app.h"
+#include "lim/auth.h"
 #include "lim/fake_bt.h"
 #include "lim/log.h"
 #include "lim/reconcile.h"
@@ -49,6 +50,7 @@ typedef struct setup_s {
     int x10;            /* limits x10, as the original's TestConfig */
     int short_timeouts; /* BRAINTREE_TIMEOUT 400 ms, BRAINTREE_CONNECT_TIMEOUT 200 ms */
     int redis;          /* REDIS_URL = the test Redis, database 9 */
+    int stale_keys;     /* AUTH_CACHE_TTL 1 ms: every cached key is a hint by the next request */
 } setup_t;
 
 static uv_loop_t loop;
@@ -191,6 +193,8 @@ static void start(const setup_t *s)
         set_str(&cfg.redis_url, "");
     }
     cfg.access_log = 0;
+    if (s->stale_keys)
+        cfg.auth_cache_ttl_ms = 1;
     /* Only the passes a test asks for. */
     cfg.reconcile_interval_ms = 3600 * 1000;
     if (s->x10) {
@@ -237,6 +241,16 @@ static void init_redis_x10(void)
 static void init_redis_short(void)
 {
     start(&(setup_t){.redis = 1, .short_timeouts = 1});
+}
+
+static void init_stale_keys(void)
+{
+    start(&(setup_t){.stale_keys = 1});
+}
+
+static void init_redis_stale_keys(void)
+{
+    start(&(setup_t){.redis = 1, .stale_keys = 1});
 }
 
 static int store_closed(void *arg)
@@ -2075,4 +2089,167 @@ Test(api_loads, ledger_only_flush_scenario, .init = init, .fini = fini)
 Test(api_loads, redis_flushed_counters_same_answers, .init = init_redis, .fini = fini)
 {
     scenario_flush(1);
+}
+
+/* ==== API keys on the money path (auth.h lim_auth_request_hint) ==============================
+ */
+
+static void set_revoked(const user_t *u, int revoked)
+{
+    sql("UPDATE api_keys SET revoked_at = %s WHERE user_id = %lld", revoked ? "now()" : "NULL",
+        u->user_id);
+}
+
+static uint64_t key_hints(void)
+{
+    lim_auth_stats_t st;
+    lim_auth_stats(app.auth, &st);
+    return st.hints;
+}
+
+static void assert_401_(const resp_t *r, int line)
+{
+    char v[128];
+
+    assert_errors_(r, 401, (const char *const[]){"http-401", "The API key is not valid.", NULL},
+                   line);
+    cr_assert_not_null(header_of(r, "WWW-Authenticate", v, sizeof(v)), "line %d: %s", line, r->raw);
+    cr_assert_str_eq(v, "Bearer realm=\"limits\", error=\"invalid_token\"", "line %d", line);
+}
+
+#define assert_401(r) assert_401_((r), __LINE__)
+
+/* A revoked key cannot load money even while the server still has it cached (reads may go on
+ * for up to AUTH_CACHE_TTL, as documented): the load's transaction checks the key itself. */
+Test(api_loads, revoked_key_cannot_load_even_while_cached, .init = init, .fini = fini)
+{
+    const user_t *u = &users[0];
+    const long long card = u->card_id[0];
+    char path[64];
+
+    resp_t r = load_amount(u, 0, "10.00");
+    assert_ok_load(&r, card, "10.00", "10.00");
+    resp_free(&r);
+    settle();
+    set_revoked(u, 1);
+    r = load_amount(u, 0, "20.00");
+    assert_401(&r);
+    resp_free(&r);
+    cr_assert_eq(fake_stats().approved, 1, "nothing charged for the revoked key");
+    cr_assert_eq(count_loads(NULL), 1, "nothing recorded for the revoked key");
+    /* Forgotten at once: the next request asks the database (401 again, for reads too). */
+    snprintf(path, sizeof(path), "/cards/%lld/", card);
+    r = get(u->key, path);
+    assert_401(&r);
+    resp_free(&r);
+    set_revoked(u, 0);
+    assert_card(u->key, card, "Card-1", "10.00", "0.00", "490.00", "790.00", "1990.00", "990.00");
+}
+
+/* Past AUTH_CACHE_TTL the cached key is only a hint: a load goes ahead without a separate
+ * lookup, its transaction confirms the key (cached again) or refutes it (401, nothing charged,
+ * nothing recorded, the reservation released, the entry forgotten). */
+static void scenario_stale_key_hint(void)
+{
+    const user_t *u = &users[0];
+    const long long card = u->card_id[0];
+    uint64_t hints;
+
+    resp_t r = load_amount(u, 0, "10.00"); /* not cached yet: looked up */
+    assert_ok_load(&r, card, "10.00", "10.00");
+    resp_free(&r);
+    cr_assert_eq(key_hints(), 0);
+    settle();
+    r = load_amount(u, 0, "20.00");
+    assert_ok_load(&r, card, "20.00", "30.00");
+    resp_free(&r);
+    cr_assert_eq(key_hints(), 1, "the expired entry was used as a hint");
+    settle();
+
+    set_revoked(u, 1);
+    hints = key_hints();
+    r = load_amount(u, 0, "470.00"); /* exactly the day's headroom */
+    assert_401(&r);
+    resp_free(&r);
+    cr_assert_eq(key_hints(), hints + 1);
+    cr_assert_eq(fake_stats().approved, 2, "nothing charged for the revoked key");
+    cr_assert_eq(count_loads(NULL), 2, "nothing recorded for the revoked key");
+    r = load_amount(u, 0, "1.00"); /* forgotten: looked up, refused without a hint */
+    assert_401(&r);
+    resp_free(&r);
+    cr_assert_eq(key_hints(), hints + 1);
+
+    /* Live again: the refused load's reservation was released, so the day's whole headroom
+     * (470.00 of 500.00) is there. */
+    set_revoked(u, 0);
+    settle();
+    r = load_amount(u, 0, "470.00");
+    assert_ok_load(&r, card, "470.00", "500.00");
+    resp_free(&r);
+    cr_assert_eq(fake_stats().approved, 3);
+}
+
+Test(api_loads, stale_key_is_a_hint_the_load_confirms, .init = init_stale_keys, .fini = fini)
+{
+    scenario_stale_key_hint();
+}
+
+Test(api_loads, redis_stale_key_is_a_hint_the_load_confirms, .init = init_redis_stale_keys,
+     .fini = fini)
+{
+    scenario_stale_key_hint();
+}
+
+/* Answers that do not reach the load's transaction wait for the key to be confirmed: a revoked
+ * key gets 401, never a 400 about its body or a limit, nor an Idempotency-Key claim. */
+static void scenario_stale_key_other_answers(void)
+{
+    const user_t *u = &users[0];
+    const long long card = u->card_id[0];
+    resp_t r;
+
+    r = load_amount(u, 0, "495.00");
+    assert_ok_load(&r, card, "495.00", "495.00");
+    resp_free(&r);
+    settle();
+
+    set_revoked(u, 1);
+    r = load_amount(u, 0, "10.00"); /* over the day's limit (Redis or the ledger says so) */
+    assert_401(&r);
+    resp_free(&r);
+    settle();
+    r = post_load(u->key, card, "{\"nonce\": \"" NONCE "\", \"amount\": 10}"); /* bad body */
+    assert_401(&r);
+    resp_free(&r);
+    settle();
+    r = post_load_idem(u->key, card, json_body("1.00"), "k-revoked");
+    assert_401(&r);
+    resp_free(&r);
+    cr_assert_eq(sql_ll("SELECT count(*) FROM idempotency_keys"), 0, "no key claimed");
+
+    set_revoked(u, 0);
+    settle();
+    r = load_amount(u, 0, "10.00");
+    assert_errors(&r, 400, "compliance-1-day", "495.00 + 10.00 > 500 (1 day)");
+    resp_free(&r);
+    settle();
+    r = post_load(u->key, card, "{\"nonce\": \"" NONCE "\", \"amount\": 10}");
+    cr_assert_eq(r.status, 400, "%s", r.raw);
+    resp_free(&r);
+    settle();
+    r = post_load_idem(u->key, card, json_body("5.00"), "k-live");
+    assert_ok_load(&r, card, "5.00", "500.00");
+    resp_free(&r);
+    cr_assert_eq(fake_stats().approved, 2);
+}
+
+Test(api_loads, stale_key_confirmed_before_other_answers, .init = init_stale_keys, .fini = fini)
+{
+    scenario_stale_key_other_answers();
+}
+
+Test(api_loads, redis_stale_key_confirmed_before_other_answers, .init = init_redis_stale_keys,
+     .fini = fini)
+{
+    scenario_stale_key_other_answers();
 }

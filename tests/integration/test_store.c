@@ -784,18 +784,21 @@ typedef struct got_s {
     int done;
     int status;
     int64_t user_id;
+    int64_t key_id;
     size_t n;
     lim_card_t cards[8];
     int has_card;
     lim_card_detail_t card;
 } got_t;
 
-static void on_user(int status, int64_t user_id, void *arg)
+static void on_user(int status, int64_t user_id, int64_t key_id, void *arg)
 {
     got_t *g = arg;
     cr_assert_eq(g->done, 0, "callback called twice");
+    cr_assert_eq(user_id > 0, key_id > 0, "a user comes with its key id");
     g->status = status;
     g->user_id = user_id;
+    g->key_id = key_id;
     g->done = 1;
 }
 
@@ -853,6 +856,8 @@ Test(store_async, user_by_key_finds_the_owner)
     got_t g = user_by_key(guest_key);
     cr_assert_eq(g.status, 0);
     cr_assert_eq(g.user_id, guest_id);
+    cr_assert_eq(g.key_id, query_i64("SELECT id FROM api_keys WHERE user_id = "
+                                     "(SELECT id FROM users WHERE username = 'guest')"));
     cr_assert_not_null(lim_store_pool(store));
 }
 
@@ -871,6 +876,60 @@ Test(store_async, user_by_key_revoked_key_is_zero)
     got_t g = user_by_key(guest_key);
     cr_assert_eq(g.status, 0);
     cr_assert_eq(g.user_id, 0);
+}
+
+typedef struct begun_s {
+    int done;
+    int status;
+    lim_load_begin_t b;
+} begun_t;
+
+static void on_begun(int status, const lim_load_begin_t *b, void *arg)
+{
+    begun_t *g = arg;
+    cr_assert_eq(g->done, 0, "callback called twice");
+    cr_assert_eq(status == 0, b != NULL);
+    g->status = status;
+    if (b != NULL)
+        g->b = *b;
+    g->done = 1;
+}
+
+static lim_load_begin_outcome_t load_begin(int64_t key_id, const char *order_id)
+{
+    const lim_limits_t lim = {50000, 80000, 200000, 100000};
+    begun_t g = {0};
+
+    cr_assert_eq(lim_store_load_begin(store, guest_id, key_id, guest_card, 100, order_id, NULL,
+                                      &lim, on_begun, &g),
+                 0);
+    cr_assert(uvtest_run_until(&loop, is_set, &g.done, WAIT_MS), "no answer in time");
+    cr_assert_eq(g.status, 0);
+    cr_assert_eq(g.b.outcome == LIM_LOAD_BEGIN_OK, g.b.load_id > 0);
+    return g.b.outcome;
+}
+
+/* Migration 4: the load's first transaction re-checks the API key (by id): only a live key of
+ * this user starts a load; key id 0 skips the check. A refused key records nothing. */
+Test(store_async, load_begin_checks_the_api_key)
+{
+    int64_t guest_key_id = query_i64("SELECT id FROM api_keys WHERE user_id = "
+                                     "(SELECT id FROM users WHERE username = 'guest')");
+    int64_t other_key_id;
+
+    exec_sql("INSERT INTO users (username, email) VALUES ('other', 'other@example.com')");
+    exec_sql("INSERT INTO api_keys (user_id, key_hash, prefix) SELECT id, sha256('other'),"
+             " 'lim_other' FROM users WHERE username = 'other'");
+    other_key_id = query_i64("SELECT id FROM api_keys WHERE prefix = 'lim_other'");
+
+    cr_assert_eq(load_begin(guest_key_id, "o-live"), LIM_LOAD_BEGIN_OK);
+    cr_assert_eq(load_begin(other_key_id, "o-other"), LIM_LOAD_BEGIN_BAD_KEY, "another user's key");
+    cr_assert_eq(load_begin(other_key_id + 1000, "o-gone"), LIM_LOAD_BEGIN_BAD_KEY, "no such key");
+    exec_sql("UPDATE api_keys SET revoked_at = now() WHERE prefix <> 'lim_other'");
+    cr_assert_eq(load_begin(guest_key_id, "o-revoked"), LIM_LOAD_BEGIN_BAD_KEY, "revoked");
+    cr_assert_eq(query_i64("SELECT count(*) FROM loads"), 1, "refused keys record nothing");
+    cr_assert_eq(query_i64("SELECT count(*) FROM loads WHERE order_id = 'o-live'"), 1);
+    cr_assert_eq(load_begin(0, "o-unchecked"), LIM_LOAD_BEGIN_OK, "key id 0: not checked");
 }
 
 Test(store_async, cards_list)

@@ -14,6 +14,9 @@
 
 #include "lim/auth.h"
 
+/* The key id the tests cache with a user id. */
+#define KEY_ID(user) ((int64_t) (user) + 1000)
+
 static lim_auth_cache_t *cache;
 
 static void fini(void)
@@ -54,7 +57,7 @@ Test(auth_cache, miss_then_hit, .fini = fini)
     make_hash(a, 3, 1);
     make_hash(b, 3, 2);
     cr_assert(eq(i64, lim_auth_cache_get(cache, a, 100), 0));
-    lim_auth_cache_put(cache, a, 42, 200, 100);
+    lim_auth_cache_put(cache, a, 42, KEY_ID(42), 200, 100);
     cr_assert(eq(i64, lim_auth_cache_get(cache, a, 150), 42));
     /* Same set, another key: never mistaken for the cached one. */
     cr_assert(eq(i64, lim_auth_cache_get(cache, b, 150), 0));
@@ -72,7 +75,7 @@ Test(auth_cache, key_differing_in_the_last_byte_is_a_miss, .fini = fini)
     make_hash(a, 5, 9);
     memcpy(b, a, 32);
     b[31] ^= 1;
-    lim_auth_cache_put(cache, a, 7, 1000, 0);
+    lim_auth_cache_put(cache, a, 7, KEY_ID(7), 1000, 0);
     cr_assert(eq(i64, lim_auth_cache_get(cache, b, 1), 0));
     cr_assert(eq(i64, lim_auth_cache_get(cache, a, 1), 7));
 }
@@ -84,17 +87,68 @@ Test(auth_cache, ttl_is_exclusive_and_expired_entries_are_misses, .fini = fini)
 
     cr_assert(eq(int, lim_auth_cache_new(64, &cache), 0));
     make_hash(a, 1, 1);
-    lim_auth_cache_put(cache, a, 5, 10000, 0); /* AUTH_CACHE_TTL 10 s, cached at 0 */
+    lim_auth_cache_put(cache, a, 5, KEY_ID(5), 10000, 0); /* AUTH_CACHE_TTL 10 s, cached at 0 */
     cr_assert(eq(i64, lim_auth_cache_get(cache, a, 9999), 5));
     cr_assert(eq(i64, lim_auth_cache_get(cache, a, 10000), 0), "used at its expiry");
-    /* Once expired it stays a miss until the database confirms the key again. */
+    /* Once expired it stays a miss until the database confirms the key again (the entry is
+     * kept, as a hint for lim_auth_cache_find(), so each such lookup counts as expired). */
     cr_assert(eq(i64, lim_auth_cache_get(cache, a, 10001), 0));
-    lim_auth_cache_put(cache, a, 5, 20001, 10001);
+    lim_auth_cache_put(cache, a, 5, KEY_ID(5), 20001, 10001);
     cr_assert(eq(i64, lim_auth_cache_get(cache, a, 20000), 5));
     lim_auth_cache_stats(cache, &st);
-    cr_assert(eq(u64, st.expired, 1));
+    cr_assert(eq(u64, st.expired, 2));
     cr_assert(eq(u64, st.hits, 2));
     cr_assert(eq(u64, st.misses, 2));
+}
+
+Test(auth_cache, find_returns_an_expired_entry_as_an_unconfirmed_hint, .fini = fini)
+{
+    uint8_t a[32], b[32];
+    lim_auth_key_t k;
+    lim_auth_stats_t st;
+
+    cr_assert(eq(int, lim_auth_cache_new(64, &cache), 0));
+    make_hash(a, 1, 1);
+    make_hash(b, 2, 2);
+    lim_auth_cache_put(cache, a, 5, 77, 1000, 0);
+    memset(&k, 0xAB, sizeof(k));
+    cr_assert(eq(int, lim_auth_cache_find(cache, a, 999, &k), 1));
+    cr_assert(eq(i64, k.user_id, 5));
+    cr_assert(eq(i64, k.key_id, 77));
+    cr_assert(eq(int, k.confirmed, 1), "live: confirmed");
+    memset(&k, 0xAB, sizeof(k));
+    cr_assert(eq(int, lim_auth_cache_find(cache, a, 1000, &k), 1), "kept past its TTL");
+    cr_assert(eq(i64, k.user_id, 5));
+    cr_assert(eq(i64, k.key_id, 77));
+    cr_assert(eq(int, k.confirmed, 0), "past its TTL: only a hint");
+    cr_assert(eq(i64, lim_auth_cache_get(cache, a, 1000), 0), "get never answers from a hint");
+    cr_assert(eq(int, lim_auth_cache_find(cache, b, 1000, &k), 0), "absent");
+    lim_auth_cache_stats(cache, &st);
+    cr_assert(eq(u64, st.hits, 1));
+    cr_assert(eq(u64, st.expired, 2));
+    cr_assert(eq(u64, st.misses, 3));
+
+    /* Confirmed again: live for another TTL. Dropped (revoked): gone, also as a hint. */
+    lim_auth_cache_put(cache, a, 5, 77, 2000, 1000);
+    cr_assert(eq(int, lim_auth_cache_find(cache, a, 1500, &k), 1));
+    cr_assert(eq(int, k.confirmed, 1));
+    lim_auth_cache_drop(cache, a);
+    cr_assert(eq(int, lim_auth_cache_find(cache, a, 1500, &k), 0));
+    lim_auth_cache_drop(cache, b); /* no entry: nothing happens */
+    cr_assert(eq(int, lim_auth_cache_find(cache, b, 1500, &k), 0));
+}
+
+Test(auth_cache, put_needs_a_user_and_a_key_id, .fini = fini)
+{
+    uint8_t a[32];
+    lim_auth_key_t k;
+
+    cr_assert(eq(int, lim_auth_cache_new(64, &cache), 0));
+    make_hash(a, 1, 1);
+    lim_auth_cache_put(cache, a, 5, 0, 1000, 0);
+    cr_assert(eq(int, lim_auth_cache_find(cache, a, 1, &k), 0));
+    lim_auth_cache_put(cache, a, 0, 5, 1000, 0);
+    cr_assert(eq(int, lim_auth_cache_find(cache, a, 1, &k), 0));
 }
 
 Test(auth_cache, zero_ttl_never_hits, .fini = fini)
@@ -103,7 +157,7 @@ Test(auth_cache, zero_ttl_never_hits, .fini = fini)
 
     cr_assert(eq(int, lim_auth_cache_new(64, &cache), 0));
     make_hash(a, 1, 1);
-    lim_auth_cache_put(cache, a, 5, 50, 50); /* AUTH_CACHE_TTL 0 */
+    lim_auth_cache_put(cache, a, 5, KEY_ID(5), 50, 50); /* AUTH_CACHE_TTL 0 */
     cr_assert(eq(i64, lim_auth_cache_get(cache, a, 50), 0));
 }
 
@@ -113,13 +167,13 @@ Test(auth_cache, put_replaces_the_keys_own_entry, .fini = fini)
 
     cr_assert(eq(int, lim_auth_cache_new(8, &cache), 0)); /* one set */
     make_hash(a, 0, 1);
-    lim_auth_cache_put(cache, a, 5, 100, 0);
-    lim_auth_cache_put(cache, a, 6, 200, 0); /* two lookups of one key raced */
+    lim_auth_cache_put(cache, a, 5, KEY_ID(5), 100, 0);
+    lim_auth_cache_put(cache, a, 6, KEY_ID(6), 200, 0); /* two lookups of one key raced */
     cr_assert(eq(i64, lim_auth_cache_get(cache, a, 150), 6));
     /* The key holds one entry: seven more keys still fit without evicting anything. */
     for (uint32_t i = 2; i < 2 + LIM_AUTH_CACHE_WAYS - 1; i++) {
         make_hash(k, 0, i);
-        lim_auth_cache_put(cache, k, i, 1000, 0);
+        lim_auth_cache_put(cache, k, i, KEY_ID(i), 1000, 0);
     }
     lim_auth_stats_t st;
     lim_auth_cache_stats(cache, &st);
@@ -136,14 +190,14 @@ Test(auth_cache, a_full_set_evicts_its_least_recently_used_key, .fini = fini)
     /* WAYS keys on one set: all stay (a direct-mapped table keeps only the last). */
     for (uint32_t i = 0; i < LIM_AUTH_CACHE_WAYS; i++) {
         make_hash(k[i], 77, i);
-        lim_auth_cache_put(cache, k[i], 100 + i, 1000, 0);
+        lim_auth_cache_put(cache, k[i], 100 + i, KEY_ID(100 + i), 1000, 0);
     }
     for (uint32_t i = 0; i < LIM_AUTH_CACHE_WAYS; i++)
         cr_assert(eq(i64, lim_auth_cache_get(cache, k[i], 1), 100 + i), "key %u", i);
     /* Use key 0 again: key 1 is now the least recently used and goes first. */
     cr_assert(eq(i64, lim_auth_cache_get(cache, k[0], 2), 100));
     make_hash(k[LIM_AUTH_CACHE_WAYS], 77, LIM_AUTH_CACHE_WAYS);
-    lim_auth_cache_put(cache, k[LIM_AUTH_CACHE_WAYS], 999, 1000, 3);
+    lim_auth_cache_put(cache, k[LIM_AUTH_CACHE_WAYS], 999, KEY_ID(999), 1000, 3);
     cr_assert(eq(i64, lim_auth_cache_get(cache, k[1], 4), 0), "the LRU key was kept");
     cr_assert(eq(i64, lim_auth_cache_get(cache, k[0], 4), 100));
     for (uint32_t i = 2; i <= LIM_AUTH_CACHE_WAYS; i++)
@@ -161,11 +215,11 @@ Test(auth_cache, expired_entries_are_reused_before_live_ones, .fini = fini)
     for (uint32_t i = 0; i < LIM_AUTH_CACHE_WAYS; i++) {
         make_hash(k[i], 0, i);
         /* Key 3 expires at 50, the others at 1000. */
-        lim_auth_cache_put(cache, k[i], 100 + i, i == 3 ? 50 : 1000, 0);
+        lim_auth_cache_put(cache, k[i], 100 + i, KEY_ID(100 + i), i == 3 ? 50 : 1000, 0);
     }
     /* Key 0 is the least recently used, but key 3 has expired: its entry is taken. */
     make_hash(k[LIM_AUTH_CACHE_WAYS], 0, 1000);
-    lim_auth_cache_put(cache, k[LIM_AUTH_CACHE_WAYS], 555, 1000, 60);
+    lim_auth_cache_put(cache, k[LIM_AUTH_CACHE_WAYS], 555, KEY_ID(555), 1000, 60);
     lim_auth_cache_stats(cache, &st);
     cr_assert(eq(u64, st.evictions, 0));
     cr_assert(eq(i64, lim_auth_cache_get(cache, k[0], 61), 100));
@@ -200,7 +254,7 @@ Test(auth_cache, holds_the_benchmarks_twenty_thousand_keys, .fini = fini)
     cr_assert(eq(int, lim_auth_cache_new(LIM_AUTH_CACHE_KEYS, &cache), 0));
     for (unsigned i = 0; i < KEYS; i++) {
         random_hash(h[i], &state);
-        lim_auth_cache_put(cache, h[i], (int64_t) i + 1, 10000, 0);
+        lim_auth_cache_put(cache, h[i], (int64_t) i + 1, KEY_ID((int64_t) i + 1), 10000, 0);
     }
     /* bench/loads.sh rotates over 20,000 users: with 8 ways per set they all stay but for the
      * rare set that draws more than 8 of them (about 10 keys expected); the old 4096
