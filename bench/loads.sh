@@ -20,15 +20,16 @@
 #   4. pgbench (-M prepared, -j 1, pinned like wrk) runs the statements load_begin and
 #      load_finish of src/store.c with a random existing (user, card, API key) triple and a
 #      fresh random order id, carrying the load id with \gset: WARMUP, then DURATION measured,
-#      at PGBENCH_CONNS connections (the baseline) and at each of EXTRA_PGBENCH_CONNS
+#      at the case's concurrency (the baseline) and at each of EXTRA_PGBENCH_CONNS
 #      (information).
 #
-# The baseline's concurrency. The server runs this SQL on DATABASE_POOL_SIZE (16) connections,
-# whatever its number of clients: the 1000 connections of the 200 ms case wait on the gateway,
-# not on the database. pgbench therefore runs at that same concurrency, 16 (PGBENCH_CONNS
-# follows DATABASE_POOL_SIZE), which is also where PostgreSQL does the most loads per second on
-# this machine (more backends only fight over the same core: 64 is shown for information).
-# 1000 pgbench connections would measure 1000 backends and no gateway latency at all.
+# The baseline's concurrency is the case's, as issue #5 asks: 64 connections at 0 ms, 1000 at
+# 200 ms (max_connections is raised for it). At 1000 PostgreSQL backends fight over one core and
+# pgbench's figure collapses, while the server funnels its 1000 clients into DATABASE_POOL_SIZE
+# (16) connections; so the summary also shows pgbench at 16 (the server's own concurrency at the
+# database, and where PostgreSQL does the most of this SQL per second here) and at 64, as
+# information: the ratio to the best of them is the strict reading of the goal (bench/RESULTS.md
+# reports it).
 #
 # The arrangement (ARRANGE). pgbench measures what PostgreSQL can do with this SQL; the goal
 # asks how close the server comes to that. So PostgreSQL gets the same core in both runs:
@@ -45,7 +46,8 @@
 # min(1000 / 0.2 s = 5000/s, pgbench tps).
 #
 # Environment: ARRANGE (split), DURATION (10s), WARMUP (3s), CASES ("0:64 200:1000"),
-# PGBENCH_CONNS (DATABASE_POOL_SIZE or 16), EXTRA_PGBENCH_CONNS ("64", information only), ROUNDS
+# PGBENCH_CONNS ("case": the case's connections; or a number), EXTRA_PGBENCH_CONNS ("16 64":
+# DATABASE_POOL_SIZE and 64, information only), BENCH_MAX_CONNECTIONS (raised as needed), ROUNDS
 # (1), USERS (20000), KEYSET (all; cached: only users with distinct auth-cache slots), AMOUNT
 # (0.01), GOAL0 (0.60), GOAL200 (0.85), OUR_PORT (18084), FAKE_PORT (18094), SERVER_CPU (0),
 # CLIENT_CPU (1), PG_CPU, REDIS_CPU, LOADGEN_CPUS (set by ARRANGE unless given), WAIT_IDLE (60),
@@ -74,22 +76,29 @@ source "$BENCH_DIR/stack_lib.sh"
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-3s}
 CASES=${CASES:-"0:64 200:1000"}
-PGBENCH_CONNS=${PGBENCH_CONNS:-${DATABASE_POOL_SIZE:-16}}
+PGBENCH_CONNS=${PGBENCH_CONNS:-case}
 ROUNDS=${ROUNDS:-1}
 USERS=${USERS:-20000}
 KEYSET=${KEYSET:-all}
 AMOUNT=${AMOUNT:-0.01}
 GOAL0=${GOAL0:-0.60}
 GOAL200=${GOAL200:-0.85}
-EXTRA_PGBENCH_CONNS=${EXTRA_PGBENCH_CONNS-64}
+EXTRA_PGBENCH_CONNS=${EXTRA_PGBENCH_CONNS-"${DATABASE_POOL_SIZE:-16} 64"}
 
 stack_parse_args "$@"
-stack_prepare loads
 max_c=0
 for cs in $CASES; do
     [[ $cs =~ ^[0-9]+:[0-9]+$ ]] || die "CASES: expected latency_ms:connections words (got '$cs')"
     [[ ${cs#*:} -gt $max_c ]] && max_c=${cs#*:}
 done
+[[ $PGBENCH_CONNS == case || $PGBENCH_CONNS =~ ^[0-9]+$ ]] ||
+    die "PGBENCH_CONNS: 'case' or a number (got '$PGBENCH_CONNS')"
+# pgbench at the case's concurrency needs that many connections, next to the server's pool.
+pgb_max=$max_c
+[[ $PGBENCH_CONNS == case ]] || pgb_max=$PGBENCH_CONNS
+for c in $EXTRA_PGBENCH_CONNS; do [[ $c -gt $pgb_max ]] && pgb_max=$c; done
+[[ ${BENCH_MAX_CONNECTIONS:-200} -ge $((pgb_max + 100)) ]] || BENCH_MAX_CONNECTIONS=$((pgb_max + 100))
+stack_prepare loads
 [[ $NOFILE -ge $((max_c * 2 + 200)) ]] ||
     die "open-files limit $NOFILE is too low for $max_c connections in and $max_c to the gateway"
 AMOUNT_MINOR=$(python3 -c 'import sys; from decimal import Decimal; print(int(Decimal(sys.argv[1]) * 100))' "$AMOUNT")
@@ -133,7 +142,7 @@ wrk_fn() {
     CMD=(env SCENARIO=load AMOUNT="$AMOUNT" KEYS_FILE="$OUT/wrk-keys.txt" OFFSET="$OFFSET" "${CMD[@]}")
 }
 OFFSET=0
-PGB_CONNS=$PGBENCH_CONNS
+PGB_CONNS=64
 pgbench_fn() {
     mapfile -t CMD < <(pgbench_cmd "$PGB_CONNS" "$1" "$OUT/load.sql" "${PGB_VARS[@]}")
 }
@@ -200,7 +209,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
         measure_side "$RUNS" "case=$name side=limits conns=$WRK_CONNS round=$r goal=$goal" \
             "limits-$name-r$r" wrk_fn
         PGB_CONNS=$PGBENCH_CONNS
-        measure_side "$RUNS" "case=$name side=pgbench conns=$PGBENCH_CONNS round=$r goal=baseline" \
+        [[ $PGBENCH_CONNS == case ]] && PGB_CONNS=$WRK_CONNS
+        measure_side "$RUNS" "case=$name side=pgbench conns=$PGB_CONNS round=$r goal=baseline" \
             "pgbench-$name-r$r" pgbench_fn
         for c in $EXTRA_PGBENCH_CONNS; do
             PGB_CONNS=$c

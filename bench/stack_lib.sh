@@ -101,18 +101,19 @@ pin_stack() {
 }
 
 # stack_settings: a few settings for a benchmark database (no durability is given up: fsync and
-# synchronous_commit stay on, as in the dev stack). max_connections covers pgbench -c 64 plus
-# the server's pool; the rest are quiet logs, and no extension or timing left over from a
+# synchronous_commit stay on, as in the dev stack). max_connections (BENCH_MAX_CONNECTIONS, 200)
+# covers pgbench -c 64 plus the server's pool (bench/loads.sh raises it for pgbench -c 1000); the rest are quiet logs, and no extension or timing left over from a
 # diagnosis session (pg_stat_statements, track_*_timing). Written with ALTER SYSTEM; PostgreSQL
 # is restarted when a setting needs it.
 stack_settings() {
-    psql_admin -c "ALTER SYSTEM RESET ALL" -c "ALTER SYSTEM SET max_connections = 200" \
+    local want=${BENCH_MAX_CONNECTIONS:-200}
+    psql_admin -c "ALTER SYSTEM RESET ALL" -c "ALTER SYSTEM SET max_connections = $want" \
         -c "ALTER SYSTEM SET log_min_messages = warning" -c "SELECT pg_reload_conf()" >/dev/null
     local mc spl
     mc=$(psql_admin -Atc 'SHOW max_connections')
     spl=$(psql_admin -Atc 'SHOW shared_preload_libraries')
-    if [[ $mc -lt 200 || -n $spl ]]; then
-        log "restarting the bench PostgreSQL (max_connections = 200, no preloaded libraries)"
+    if [[ $mc -lt $want || -n $spl ]]; then
+        log "restarting the bench PostgreSQL (max_connections = $want, no preloaded libraries)"
         "$ROOT/scripts/stack.sh" stop bench >/dev/null 2>&1 || true
         "$ROOT/scripts/stack.sh" start bench >&2 || die "scripts/stack.sh start bench failed"
         STACK_STARTED=1
