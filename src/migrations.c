@@ -455,15 +455,6 @@ static const lim_migration_t migrations[] = {
      "        year_minor, card_minor, customer_id, customer_created;\n"
      "END\n"
      "$f$;\n"},
-
-    /* Every load is written twice: inserted as pending, then updated to its outcome when the
-     * gateway answers, typically 0.2-20 s later. By then its page is full of later loads, so
-     * the new row version went to another page (two pages dirtied, their WAL, and pruning of
-     * the full page on the way): PostgreSQL spent about a third more CPU per load at 200 ms of
-     * gateway latency than at 0 ms (bench/RESULTS.md). With 30% of each page left free the new
-     * version stays on its page. New pages only; existing ones fill as before. */
-    {5, "loads pages keep room for the outcome update",
-     "ALTER TABLE loads SET (fillfactor = 70);\n"},
 };
 
 /* The build's schema version is the last migration: a new migration without the bump (or the

@@ -687,14 +687,6 @@ Test(schema, api_keys_and_idempotency_keys)
              " VALUES (" OTHER ", 'k1', sha256('x'))");
 }
 
-/* Migration 5: the ledger's pages keep 30% free for each load's outcome update. */
-Test(schema, loads_pages_keep_room_for_the_outcome_update)
-{
-    cr_assert_eq(query_i64("SELECT count(*) FROM pg_class WHERE relname = 'loads'"
-                           " AND 'fillfactor=70' = ANY (reloptions)"),
-                 1);
-}
-
 static const char *idem_state(const char *key)
 {
     static char state[16];
