@@ -114,7 +114,7 @@ estimate() {
     idle_rss) echo 20 ;;                                                  # fixed
     cards) echo $((15 + r * 3 * run3)) ;;                                 # limits, pgbench c64, c16
     tokens) echo $((20 + r * 4 * run3)) ;;                                # 2 latencies x 2 conns
-    loads | loads_shared) echo $((30 + r * 2 * (20 + 4 * run3))) ;;       # 2 cases: warm-up + 4 sides
+    loads | loads_shared) echo $((30 + r * 2 * (20 + 3 * run3))) ;;       # 2 cases: warm-up + 3 sides
     fake_gateway) echo $((5 + run2)) ;;
     slowloris) echo $((10 + r * (2 * (8 + 2 * run3) + 15))) ;;            # 2 phases x (healthz + loads)
     workers) echo $((10 + r * 2 * (11 + 3 * run3))) ;;                    # 2 counts x (healthz + 2 loads)

@@ -20,16 +20,17 @@
 #   4. pgbench (-M prepared, -j 1, pinned like wrk) runs the statements load_begin and
 #      load_finish of src/store.c with a random existing (user, card, API key) triple and a
 #      fresh random order id, carrying the load id with \gset: WARMUP, then DURATION measured,
-#      at the case's concurrency (the baseline) and at each of EXTRA_PGBENCH_CONNS
-#      (information).
+#      at PGBENCH_CONNS (64, the baseline) and at each of EXTRA_PGBENCH_CONNS (information).
 #
-# The baseline's concurrency is the case's, as issue #5 asks: 64 connections at 0 ms, 1000 at
-# 200 ms (max_connections is raised for it). At 1000 PostgreSQL backends fight over one core and
-# pgbench's figure collapses, while the server funnels its 1000 clients into DATABASE_POOL_SIZE
-# (16) connections; so the summary also shows pgbench at 16 (the server's own concurrency at the
-# database, and where PostgreSQL does the most of this SQL per second here) and at 64, as
-# information: the ratio to the best of them is the strict reading of the goal (bench/RESULTS.md
-# reports it).
+# The baseline's concurrency. Issue #5 asks for pgbench "at the same concurrency": 64 at 0 ms,
+# 1000 at 200 ms. 1000 PostgreSQL backends on one core only fight each other (pgbench falls to
+# 100-400 tps, and its runs are always noisy), while the server funnels its 1000 clients into
+# DATABASE_POOL_SIZE (16) connections, so the judged baseline stays at 64 in both cases, as in
+# the earlier sessions. PGBENCH_CONNS=case runs the literal reading (the case's connections,
+# max_connections raised for it). pgbench at 16 (EXTRA_PGBENCH_CONNS: the server's own
+# concurrency at the database, and where PostgreSQL does the most of this SQL per second on this
+# machine) is run for information, and the summary prints each judged line against the case's
+# best pgbench figure as well: the strict reading of the goal (bench/RESULTS.md reports it).
 #
 # The arrangement (ARRANGE). pgbench measures what PostgreSQL can do with this SQL; the goal
 # asks how close the server comes to that. So PostgreSQL gets the same core in both runs:
@@ -46,8 +47,8 @@
 # min(1000 / 0.2 s = 5000/s, pgbench tps).
 #
 # Environment: ARRANGE (split), DURATION (10s), WARMUP (3s), CASES ("0:64 200:1000"),
-# PGBENCH_CONNS ("case": the case's connections; or a number), EXTRA_PGBENCH_CONNS ("16 64":
-# DATABASE_POOL_SIZE and 64, information only), BENCH_MAX_CONNECTIONS (raised as needed), ROUNDS
+# PGBENCH_CONNS (64; or "case": the case's connections), EXTRA_PGBENCH_CONNS (DATABASE_POOL_SIZE
+# or 16, information only), BENCH_MAX_CONNECTIONS (raised as needed), ROUNDS
 # (1), USERS (20000), KEYSET (all; cached: only users with distinct auth-cache slots), AMOUNT
 # (0.01), GOAL0 (0.60), GOAL200 (0.85), OUR_PORT (18084), FAKE_PORT (18094), SERVER_CPU (0),
 # CLIENT_CPU (1), PG_CPU, REDIS_CPU, LOADGEN_CPUS (set by ARRANGE unless given), WAIT_IDLE (60),
@@ -76,14 +77,14 @@ source "$BENCH_DIR/stack_lib.sh"
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-3s}
 CASES=${CASES:-"0:64 200:1000"}
-PGBENCH_CONNS=${PGBENCH_CONNS:-case}
+PGBENCH_CONNS=${PGBENCH_CONNS:-64}
 ROUNDS=${ROUNDS:-1}
 USERS=${USERS:-20000}
 KEYSET=${KEYSET:-all}
 AMOUNT=${AMOUNT:-0.01}
 GOAL0=${GOAL0:-0.60}
 GOAL200=${GOAL200:-0.85}
-EXTRA_PGBENCH_CONNS=${EXTRA_PGBENCH_CONNS-"${DATABASE_POOL_SIZE:-16} 64"}
+EXTRA_PGBENCH_CONNS=${EXTRA_PGBENCH_CONNS-${DATABASE_POOL_SIZE:-16}}
 
 stack_parse_args "$@"
 max_c=0
