@@ -41,7 +41,6 @@ typedef struct load_ctx_s {
     lim_req_t *req;
     lim_app_t *app;
     lim_auth_key_t key; /* the API key: its user, and whether it is confirmed yet */
-    int64_t user_id;
     int64_t card_id;
     lim_money_t amount_minor;
     char nonce[LIM_LOADREQ_NONCE_MAX + 1];
@@ -220,8 +219,9 @@ static void answer(load_ctx_t *c, int idem, answer_kind_t kind, int status, char
         a->status = status;
         a->body = body;
         a->message = message;
-        if (lim_store_idem_finish(c->app->store, c->user_id, c->idem_key, idem > 0 ? status : idem,
-                                  body != NULL ? body : "", on_idem_saved, a) == 0) {
+        if (lim_store_idem_finish(c->app->store, c->key.user_id, c->idem_key,
+                                  idem > 0 ? status : idem, body != NULL ? body : "", on_idem_saved,
+                                  a) == 0) {
             free(c);
             return;
         }
@@ -268,7 +268,7 @@ static void on_finished(int status, int changed, const lim_load_t *load, void *a
     (void) changed; /* a reconciler that got there first settled it the same way */
     /* Settled even when the reservation seemed not to happen: a reserve that timed out may
      * still have run in Redis, and settling an unknown order id does nothing. */
-    lim_limits_settle(app->limits, c->user_id, c->card_id, c->order_id, c->amount_minor,
+    lim_limits_settle(app->limits, c->key.user_id, c->card_id, c->order_id, c->amount_minor,
                       load->status);
     if (strcmp(load->status, "succeeded") == 0) {
         lim_metrics_count(LIM_M_LOAD_SUCCEEDED);
@@ -373,7 +373,7 @@ static void limits_of(const lim_config_t *cfg, lim_limits_t *l)
 static void release_reservation(load_ctx_t *c)
 {
     /* Also without a known reservation: see on_finished. */
-    lim_limits_settle(c->app->limits, c->user_id, c->card_id, c->order_id, c->amount_minor,
+    lim_limits_settle(c->app->limits, c->key.user_id, c->card_id, c->order_id, c->amount_minor,
                       "declined");
     c->reserved = 0;
 }
@@ -449,9 +449,9 @@ static void begin_in_database(load_ctx_t *c)
     int rc;
 
     limits_of(c->app->cfg, &lim);
-    rc = lim_store_load_begin(c->app->store, c->user_id, c->key.key_id, c->card_id, c->amount_minor,
-                              c->order_id, c->idem_key[0] != '\0' ? c->idem_key : NULL, &lim,
-                              on_begin, c);
+    rc = lim_store_load_begin(c->app->store, c->key.user_id, c->key.key_id, c->card_id,
+                              c->amount_minor, c->order_id,
+                              c->idem_key[0] != '\0' ? c->idem_key : NULL, &lim, on_begin, c);
     if (rc != 0)
         on_begin(rc, NULL, c);
 }
@@ -462,7 +462,7 @@ static void on_refusal_confirmed(int status, const lim_auth_key_t *key, void *ar
     load_ctx_t *c = arg;
     lim_req_t *req = c->req;
 
-    if (status != 0 || key == NULL || key->user_id != c->user_id) {
+    if (status != 0 || key == NULL || key->user_id != c->key.user_id) {
         free(c);
         if (status != 0)
             lim_respond_unavailable(req, "The database is not available; try again shortly.");
@@ -522,8 +522,8 @@ static void decide(load_ctx_t *c)
     lim_limits_t lim;
 
     limits_of(c->app->cfg, &lim);
-    lim_limits_reserve(c->app->limits, c->user_id, c->card_id, c->order_id, c->amount_minor, &lim,
-                       on_reserved, c);
+    lim_limits_reserve(c->app->limits, c->key.user_id, c->card_id, c->order_id, c->amount_minor,
+                       &lim, on_reserved, c);
 }
 
 /* ---- 2: the Idempotency-Key ------------------------------------------------------------------ */
@@ -597,7 +597,8 @@ static void on_idem(int status, const lim_idem_t *idem, void *arg)
                         strlen(idem->response_body), LIM_BODY_COPY);
         return;
     case LIM_IDEM_LOAD:
-        if (lim_store_load_by_id(c->app->store, c->user_id, idem->load_id, on_replay_load, c) != 0)
+        if (lim_store_load_by_id(c->app->store, c->key.user_id, idem->load_id, on_replay_load, c) !=
+            0)
             on_replay_load(UV_ENOMEM, NULL, 0, c);
         return;
     }
@@ -693,7 +694,6 @@ static void load_authed(lim_req_t *req, const lim_auth_key_t *auth_key)
     c->req = req;
     c->app = app;
     c->key = *auth_key;
-    c->user_id = user_id;
     c->card_id = req->ids[0];
     c->amount_minor = body->amount_minor;
     memcpy(c->nonce, body->nonce, sizeof(c->nonce));
