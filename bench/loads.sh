@@ -52,7 +52,8 @@
 # (1), USERS (20000), KEYSET (all; cached: only users with distinct auth-cache slots), AMOUNT
 # (0.01), GOAL0 (0.60), GOAL200 (0.85), OUR_PORT (18084), FAKE_PORT (18094), SERVER_CPU (0),
 # CLIENT_CPU (1), PG_CPU, REDIS_CPU, LOADGEN_CPUS (set by ARRANGE unless given), WAIT_IDLE (60),
-# NOISE_MAX (5), RETRY_NOISY (2), and the server's own settings from the environment
+# NOISE_MAX (5), RETRY_NOISY (2), BENCH_PGSS (0; 1: pg_stat_statements per run, diagnosis only,
+# bench/README.md), and the server's own settings from the environment
 # (AUTH_CACHE_TTL, DATABASE_POOL_SIZE, ...).
 # Exit status: 0 goals met, 1 a goal missed or errors, 2 setup failure, 3 inconclusive (noisy).
 # Only 127.0.0.1 is used. Everything started here is stopped on exit (trap).

@@ -106,14 +106,21 @@ pin_stack() {
 # diagnosis session (pg_stat_statements, track_*_timing). Written with ALTER SYSTEM; PostgreSQL
 # is restarted when a setting needs it.
 stack_settings() {
-    local want=${BENCH_MAX_CONNECTIONS:-200}
+    local want=${BENCH_MAX_CONNECTIONS:-200} want_spl=
+    local -a diag=()
+    if [[ ${BENCH_PGSS:-0} == 1 ]]; then
+        want_spl=pg_stat_statements
+        diag=(-c "ALTER SYSTEM SET shared_preload_libraries = pg_stat_statements"
+            -c "ALTER SYSTEM SET pg_stat_statements.track = 'all'")
+    fi
     psql_admin -c "ALTER SYSTEM RESET ALL" -c "ALTER SYSTEM SET max_connections = $want" \
-        -c "ALTER SYSTEM SET log_min_messages = warning" -c "SELECT pg_reload_conf()" >/dev/null
+        -c "ALTER SYSTEM SET log_min_messages = warning" "${diag[@]}" \
+        -c "SELECT pg_reload_conf()" >/dev/null
     local mc spl
     mc=$(psql_admin -Atc 'SHOW max_connections')
     spl=$(psql_admin -Atc 'SHOW shared_preload_libraries')
-    if [[ $mc -lt $want || -n $spl ]]; then
-        log "restarting the bench PostgreSQL (max_connections = $want, no preloaded libraries)"
+    if [[ $mc -lt $want || $spl != "$want_spl" ]]; then
+        log "restarting the bench PostgreSQL (max_connections = $want, preloaded: ${want_spl:-none})"
         "$ROOT/scripts/stack.sh" stop bench >/dev/null 2>&1 || true
         "$ROOT/scripts/stack.sh" start bench >&2 || die "scripts/stack.sh start bench failed"
         STACK_STARTED=1
@@ -364,6 +371,20 @@ pg_counter() {
 auth_lookups() {
     pg_counter "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'api_keys_key_hash_key'"
 }
+# pgss_dump: with BENCH_PGSS=1 (diagnosis: pg_stat_statements preloaded, nested statements
+# tracked), the statements of the run just measured, most total time first: calls, mean and
+# total ms, shared buffers hit/read/dirtied per call, rows per call.
+pgss_dump() {
+    psql_su -P pager=off -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "
+        SELECT calls, round(mean_exec_time::numeric, 4) AS mean_ms,
+               round(total_exec_time::numeric, 1) AS total_ms,
+               round(shared_blks_hit::numeric / calls, 1) AS hit,
+               round(shared_blks_read::numeric / calls, 2) AS read,
+               round(shared_blks_dirtied::numeric / calls, 2) AS dirtied,
+               round(rows::numeric / calls, 2) AS rows,
+               left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
+          FROM pg_stat_statements WHERE calls > 0 ORDER BY total_exec_time DESC LIMIT 25" 2>&1
+}
 xacts() {
     pg_counter "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'limits'"
 }
@@ -395,6 +416,8 @@ measured() {
     # shellcheck disable=SC2086
     fk0=$(proc_ticks $FAKE_PID)
     ch0=$(self_children_ticks)
+    [[ ${BENCH_PGSS:-0} == 1 ]] && psql_su -Atc 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' \
+        -c 'SELECT pg_stat_statements_reset()' >/dev/null
     t0=$(date +%s.%N)
     "$@" >"$file" 2>&1 &
     LOADGEN_PID=$!
@@ -420,6 +443,7 @@ measured() {
     read -r c1b c1t < <(cpu_ticks "$CLIENT_CPU")
     a1=$(auth_lookups)
     x1=$(xacts)
+    [[ ${BENCH_PGSS:-0} == 1 ]] && pgss_dump >"$file.pgss"
     [[ $rc -eq 0 ]] || log "the load generator exited with status $rc (output: $file)"
     # Work that is not ours, on both cores together, as a share of one core.
     ours=$(((srv1 - srv0) + (pg1 - pg0) + (rd1 - rd0) + (fk1 - fk0) + (ch1 - ch0) + (ex1 - ex0)))

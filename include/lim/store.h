@@ -25,7 +25,7 @@
 #include "lim/pg.h"
 
 /* The schema version this build expects (the last migration's number). */
-#define LIM_SCHEMA_VERSION 4
+#define LIM_SCHEMA_VERSION 5
 
 typedef struct lim_store_s lim_store_t;
 
