@@ -1016,33 +1016,31 @@ static size_t *sorted_index(size_t n, int (*cmp)(const void *, const void *))
     return idx;
 }
 
-/* The first position in `idx` (sorted by order id) whose entry has `order_id`, or n. */
-static size_t find_load(const size_t *idx, size_t n, const char *order_id)
+static const char *load_order_id(size_t i)
 {
-    size_t lo = 0, hi = n;
-
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (strcmp(sort_loads[idx[mid]].order_id, order_id) < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo < n && strcmp(sort_loads[idx[lo]].order_id, order_id) == 0 ? lo : n;
+    return sort_loads[i].order_id;
 }
 
-static size_t find_txn(const size_t *idx, size_t n, const char *order_id)
+static const char *txn_order_id(size_t i)
+{
+    return sort_txns[i].order_id;
+}
+
+/* The first position in `idx` (sorted by the order id that order_of gives each entry) whose
+ * entry has `order_id`, or n. */
+static size_t find_order(const size_t *idx, size_t n, const char *(*order_of)(size_t),
+                         const char *order_id)
 {
     size_t lo = 0, hi = n;
 
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        if (strcmp(sort_txns[idx[mid]].order_id, order_id) < 0)
+        if (strcmp(order_of(idx[mid]), order_id) < 0)
             lo = mid + 1;
         else
             hi = mid;
     }
-    return lo < n && strcmp(sort_txns[idx[lo]].order_id, order_id) == 0 ? lo : n;
+    return lo < n && strcmp(order_of(idx[lo]), order_id) == 0 ? lo : n;
 }
 
 static int is_history(const fkit_check_opts_t *o, const fkit_load_t *l)
@@ -1068,7 +1066,7 @@ static void check_gateway(const fkit_check_opts_t *o, const fkit_load_t *rows, s
         const fkit_load_t *l = &rows[i];
         int matching = 0, succeeded = strcmp(l->status, "succeeded") == 0;
         charges[i] = 0;
-        for (size_t k = find_txn(tidx, n_txns, l->order_id);
+        for (size_t k = find_order(tidx, n_txns, txn_order_id, l->order_id);
              k < n_txns && strcmp(txns[tidx[k]].order_id, l->order_id) == 0; k++) {
             const fkit_txn_t *t = &txns[tidx[k]];
             if (!fkit_txn_approved(t))
@@ -1113,7 +1111,7 @@ static void check_gateway(const fkit_check_opts_t *o, const fkit_load_t *rows, s
         }
         f->approved++;
         f->approved_minor += t->amount;
-        at = find_load(lidx, n_rows, t->order_id);
+        at = find_order(lidx, n_rows, load_order_id, t->order_id);
         l = at < n_rows ? &rows[lidx[at]] : NULL;
         if (l == NULL) {
             orphan++;
