@@ -17,6 +17,15 @@
  * last request), so it is not "gone": the requests already received are still answered, and
  * then the connection closes; to a client that closed completely, that last write is lost.
  *
+ * Lingering close (as nginx's lingering_close): when the connection ends with input the server
+ * will never read (after an error answer such as 413 or 400, or with pipelined requests left
+ * unanswered), closing the socket at once would make the kernel answer that input with a
+ * reset, and a client still sending (a body the server refused) would see its write fail or
+ * lose the answer itself. So the server half-closes instead (shutdown: FIN after the answer),
+ * reads and discards whatever still comes, and closes at the client's EOF, at a read error, or
+ * after LIM_HTTP_LINGER_MS (or the idle timeout, if shorter). A graceful stop closes lingering
+ * connections at once.
+ *
  * Memory: an idle connection holds only lim_conn_t. Reads land in the server's shared buffer
  * and are parsed in place; only bytes of a following request are copied (to the stash).
  * Per-request memory (lim_reqmem_t) lives from a request's first byte to its response's end.
@@ -73,6 +82,10 @@ static void set_phase(lim_conn_t *c, lim_phase_t phase)
         break;
     case LIM_PHASE_WRITE:
         timer_arm(c, cfg->write_timeout_ms);
+        break;
+    case LIM_PHASE_LINGER:
+        timer_arm(c, cfg->idle_timeout_ms < LIM_HTTP_LINGER_MS ? cfg->idle_timeout_ms
+                                                               : LIM_HTTP_LINGER_MS);
         break;
     }
 }
@@ -470,6 +483,13 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     lim_conn_t *c = lim_container_of((uv_tcp_t *) s, lim_conn_t, tcp);
 
+    if (c->lingering) {
+        /* Input after the last answer: discarded, until the client's EOF (or an error). */
+        if (nread < 0)
+            conn_close(c, nread == UV_EOF ? "client closed (lingering close)"
+                                          : uv_strerror((int) nread));
+        return;
+    }
     if (nread > 0) {
         lim__conn_feed(c, buf->base, (size_t) nread);
         return;
@@ -542,13 +562,46 @@ static void conn_pump(lim_conn_t *c)
 
 /* ---- writing ------------------------------------------------------------------------------ */
 
+static void on_linger_shutdown(uv_shutdown_t *r, int status)
+{
+    lim_conn_t *c = lim_container_of(r, lim_conn_t, sreq);
+
+    /* UV_ECANCELED: the connection is closing already (EOF, timeout, stop). */
+    if (status < 0 && !c->closing)
+        conn_close(c, uv_strerror(status));
+}
+
+/* The last answer is written and input is left unread (see the top of this file): send FIN,
+ * discard what the client still sends, close at its EOF or after the linger time. */
+static void conn_linger(lim_conn_t *c)
+{
+    int rc;
+
+    lim_buf_free(&c->stash);
+    c->lingering = 1;
+    set_phase(c, LIM_PHASE_LINGER);
+    /* wreq is free: the write it carried is complete. */
+    rc = uv_shutdown(&c->sreq, (uv_stream_t *) &c->tcp, on_linger_shutdown);
+    if (rc == 0 && !c->reading) {
+        rc = uv_read_start((uv_stream_t *) &c->tcp, on_alloc, on_read);
+        c->reading = rc == 0;
+    }
+    if (rc != 0)
+        conn_close(c, uv_strerror(rc));
+}
+
 static void write_done(lim_conn_t *c)
 {
     lim_buf_free(&c->out);
     reqmem_free(c);
     memset(&c->req, 0, sizeof(c->req));
     if (!c->keep_alive || c->srv->draining) {
-        conn_close(c, "done");
+        /* Input we will never read (an error stopped the parser, or requests are pipelined
+         * behind a "Connection: close" one) would turn a plain close into a reset. */
+        if (!c->eof && (c->err_status != 0 || c->stash.len > 0) && !c->srv->draining)
+            conn_linger(c);
+        else
+            conn_close(c, "done");
         return;
     }
     c->upgrade = 0;
@@ -791,6 +844,9 @@ static void on_conn_timer(uv_timer_t *t)
         break;
     case LIM_PHASE_WRITE:
         conn_close(c, "write timeout");
+        break;
+    case LIM_PHASE_LINGER:
+        conn_close(c, "lingering close: time is up");
         break;
     case LIM_PHASE_HANDLER:
         break;
@@ -1049,7 +1105,7 @@ int lim__conn_start(lim_server_t *srv)
 
 void lim__conn_shutdown_idle(lim_conn_t *c)
 {
-    if (c->phase == LIM_PHASE_IDLE && !c->handler_active && c->stash.len == 0)
+    if ((c->phase == LIM_PHASE_IDLE && !c->handler_active && c->stash.len == 0) || c->lingering)
         conn_close(c, "server stopping");
 }
 

@@ -54,19 +54,27 @@ typedef enum lim_phase_e {
     LIM_PHASE_BODY,     /* reading a body: body timer */
     LIM_PHASE_HANDLER,  /* the handler owns the request: no timer */
     LIM_PHASE_WRITE,    /* a response is being written: write timer while it stalls */
+    LIM_PHASE_LINGER,   /* answered and half-closed, discarding input: linger timer */
 } lim_phase_t;
 
+/* A lingering close (after an error answer, or with pipelined input left unanswered) lasts at
+ * most this long, or the idle timeout when that is shorter. */
+#define LIM_HTTP_LINGER_MS 5000
+
 struct lim_conn_s {
-    uv_tcp_t tcp;                /* the client socket; data unused (container_of) */
-    uv_timer_t timer;            /* header/body/idle/write deadline, re-armed per phase */
-    llhttp_t parser;             /* one parser per connection, paused between requests */
-    lim_server_t *srv;           /* owner */
-    lim_conn_t *prev, *next;     /* in srv->conns */
-    lim_req_t req;               /* the request being handled (handlers get &req) */
-    lim_reqmem_t *mem;           /* per-request memory, NULL between requests */
-    lim_buf_t stash;             /* bytes read but not yet parsed (pipelined requests) */
-    lim_buf_t out;               /* the response being written */
-    uv_write_t wreq;             /* the write of `out` when uv_try_write did not finish it */
+    uv_tcp_t tcp;            /* the client socket; data unused (container_of) */
+    uv_timer_t timer;        /* header/body/idle/write deadline, re-armed per phase */
+    llhttp_t parser;         /* one parser per connection, paused between requests */
+    lim_server_t *srv;       /* owner */
+    lim_conn_t *prev, *next; /* in srv->conns */
+    lim_req_t req;           /* the request being handled (handlers get &req) */
+    lim_reqmem_t *mem;       /* per-request memory, NULL between requests */
+    lim_buf_t stash;         /* bytes read but not yet parsed (pipelined requests) */
+    lim_buf_t out;           /* the response being written */
+    union {
+        uv_write_t wreq;    /* the write of `out` when uv_try_write did not finish it */
+        uv_shutdown_t sreq; /* a lingering close's FIN, once the last write is done */
+    };
     uint64_t accepted_ns;        /* uv_hrtime() at accept */
     uint16_t err_status;         /* status chosen by a parser callback that stopped parsing */
     uint8_t phase;               /* lim_phase_t */
@@ -82,6 +90,7 @@ struct lim_conn_s {
     unsigned pumping : 1;        /* conn_pump() is on the stack */
     unsigned pump_again : 1;     /* conn_pump() must run its loop once more */
     unsigned upgrade : 1;        /* the request asked for an upgrade we do not do */
+    unsigned lingering : 1;      /* half-closed by us; input is read and discarded */
 };
 
 struct lim_server_s {

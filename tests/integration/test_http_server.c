@@ -6,6 +6,7 @@
  * test ends with the loop closed cleanly (testsrv_finish).
  */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,9 @@ static void init_default(void)
 {
     testsrv_start(&ts, NULL);
 }
+
+static void on_stopped(lim_server_t *srv, void *arg);
+static int flag_set(void *arg);
 
 static const char hello_req[] = "GET /t/hello HTTP/1.1\r\nHost: x\r\n\r\n";
 
@@ -263,6 +267,102 @@ Test(http_server, client_gone_while_handler_runs, .init = init_default, .fini = 
     cr_assert_eq(ts.handlers, 1);
     testsrv_wait_open(&ts, 0);
     cr_assert_eq(ts.handlers, 0);
+}
+
+/* ---- lingering close ---------------------------------------------------------------------- */
+
+static lim_server_stats_t stats_now(void)
+{
+    lim_server_stats_t st;
+    lim_server_stats(ts.srv, &st);
+    return st;
+}
+
+/* A client that sends its whole body before it reads (as most do) gets the early 413: the
+ * server half-closes and discards the body instead of resetting the connection under the
+ * client's writes. Without the lingering close the send fails (EPIPE/ECONNRESET). */
+Test(http_server, refused_body_is_discarded_and_the_answer_arrives, .init = init_default,
+     .fini = fini)
+{
+    httpc_t *c = httpc_connect(&ts.loop, ts.port);
+    const char *head = "POST /t/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4194304\r\n\r\n";
+    size_t body_len = 4194304;
+    char *body = malloc(body_len);
+
+    cr_assert_not_null(body);
+    memset(body, 'x', body_len);
+    cr_assert_eq(httpc_send(c, &ts.loop, head, strlen(head)), 0);
+    cr_assert_eq(httpc_send(c, &ts.loop, body, body_len), 0,
+                 "the body could not be sent: %s (after %zu bytes of answer)", strerror(errno),
+                 c->len);
+    free(body);
+    httpc_shutdown(c);
+    cr_assert(httpc_wait_eof(c, &ts.loop, 5000));
+    cr_assert_eq(c->err, 0, "the connection was reset: %s", strerror(c->err));
+    cr_assert(strncmp(c->in, "HTTP/1.1 413 ", 13) == 0, "got: %s", c->in);
+    cr_assert_not_null(strstr(c->in, "Connection: close\r\n"));
+    cr_assert_eq(httpc_count_responses(c->in, c->len, 0), 1);
+    testsrv_wait_open(&ts, 0); /* closed at the client's EOF */
+    httpc_close(c);
+}
+
+/* Pipelined requests behind "Connection: close" are not answered, and not reset either. */
+Test(http_server, requests_after_connection_close_are_discarded_not_reset, .init = init_default,
+     .fini = fini)
+{
+    httpc_t *c = httpc_connect(&ts.loop, ts.port);
+    const char *req = "GET /t/hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                      "GET /t/hello HTTP/1.1\r\nHost: x\r\n\r\n"
+                      "GET /t/hello HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    cr_assert_eq(httpc_send(c, &ts.loop, req, strlen(req)), 0);
+    cr_assert(httpc_wait_eof(c, &ts.loop, 2000), "no FIN after the answer");
+    cr_assert_eq(c->err, 0, "the connection was reset: %s", strerror(c->err));
+    cr_assert_eq(httpc_count_responses(c->in, c->len, 0), 1, "got: %s", c->in);
+    /* Half-closed: the server still reads, and what comes is discarded. */
+    cr_assert_eq(stats_now().open, 1);
+    cr_assert_eq(httpc_send(c, &ts.loop, req, strlen(req)), 0);
+    uvtest_run_for(&ts.loop, 50);
+    cr_assert_eq(stats_now().open, 1);
+    httpc_close(c);
+    testsrv_wait_open(&ts, 0);
+}
+
+/* A client that neither reads on nor closes is let go after the idle timeout (300 ms here,
+ * below LIM_HTTP_LINGER_MS). */
+Test(http_server, lingering_close_is_bounded_in_time, .init = init_short, .fini = fini)
+{
+    httpc_t *c = httpc_connect(&ts.loop, ts.port);
+    const char *req = "BREW /t/hello HTTP/1.1\r\nHost: x\r\n\r\nmore bytes that nobody reads";
+    uint64_t t0 = uv_hrtime();
+
+    cr_assert_eq(httpc_send(c, &ts.loop, req, strlen(req)), 0);
+    cr_assert(httpc_wait_eof(c, &ts.loop, 2000));
+    cr_assert_eq(c->err, 0, "the connection was reset: %s", strerror(c->err));
+    cr_assert(strncmp(c->in, "HTTP/1.1 400 ", 13) == 0, "got: %s", c->in);
+    cr_assert_eq(stats_now().open, 1, "lingering");
+    testsrv_wait_open(&ts, 0);
+    cr_assert_geq(ms_since(t0), 250, "closed before the idle timeout");
+    cr_assert_lt(ms_since(t0), 2000);
+    httpc_close(c);
+}
+
+Test(http_server, graceful_stop_ends_a_lingering_close, .init = init_default)
+{
+    httpc_t *c = httpc_connect(&ts.loop, ts.port);
+    const char *req = "BREW /t/hello HTTP/1.1\r\nHost: x\r\n\r\nmore";
+    int stopped = 0;
+
+    cr_assert_eq(httpc_send(c, &ts.loop, req, strlen(req)), 0);
+    cr_assert(httpc_wait_eof(c, &ts.loop, 2000));
+    cr_assert_eq(stats_now().open, 1, "lingering");
+    lim_server_stop(ts.srv, on_stopped, &stopped);
+    cr_assert(uvtest_run_until(&ts.loop, flag_set, &stopped, 1000), "the stop waited");
+    httpc_close(c);
+    lim_server_free(ts.srv);
+    lim_router_free(ts.router);
+    lim_config_free(&ts.cfg);
+    uvtest_close_loop(&ts.loop);
 }
 
 /* ---- reading on while an asynchronous handler runs ---------------------------------------- */
