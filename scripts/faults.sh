@@ -98,19 +98,14 @@ cd "$ROOT"
 replay="scripts/faults.sh --seed $seed --duration $duration${runner_args[*]:+ ${runner_args[*]}}"
 say "seed $seed, $duration s of injection; replay with: $replay"
 
-runner_pid=""
 runner_ran=0
 stack_touched=0
-interrupted=0
 
 # shellcheck disable=SC2317 # reached through traps
 cleanup() {
     local rc=$?
     trap '' INT TERM HUP # a second Ctrl-C must not leave the stack running
-    if [ -n "$runner_pid" ] && kill -0 "$runner_pid" 2>/dev/null; then
-        kill -TERM -- "-$runner_pid" 2>/dev/null || true
-        wait "$runner_pid" 2>/dev/null || true
-    fi
+    stop_child 0 # the runner is bounded by timeout; wait for it
     if [ "$stack_touched" -eq 1 ]; then
         if [ "$keep_stack" -eq 1 ]; then
             say "the faults stack is left running (scripts/stack.sh stop faults stops it)"
@@ -124,21 +119,9 @@ cleanup() {
     exit "$rc"
 }
 
-# Before the runner starts a signal just ends the script (cleanup runs on EXIT); while it runs,
-# the signal goes to its process group and the script waits for it.
-# shellcheck disable=SC2317 # reached through traps
-on_signal() { # signal-to-send exit-code
-    if [ -n "$runner_pid" ] && kill -0 "$runner_pid" 2>/dev/null; then
-        interrupted=1
-        kill -s "$1" -- "-$runner_pid" 2>/dev/null || true
-    else
-        exit "$2"
-    fi
-}
-trap cleanup EXIT
-trap 'on_signal INT 130' INT
-trap 'on_signal TERM 143' TERM
-trap 'on_signal TERM 129' HUP
+# Before the runner starts a signal just ends the script; while it runs, the signal goes to
+# its process group and the script waits for it (scripts/lib.sh).
+trap_signals
 
 if [ -n "$bin_dir" ]; then
     bin_dir=$(cd -- "$bin_dir" && pwd -P) || die "--bin-dir $bin_dir: no such directory"
@@ -171,13 +154,13 @@ say "$runner --seed $seed --duration $duration ${runner_args[*]} (at most ${limi
 set -m
 timeout --kill-after=20 "$limit" "$runner" --seed "$seed" --duration "$duration" \
     --limits "$bin_dir/limits" --stack "$ROOT/scripts/stack.sh" "${runner_args[@]}" </dev/null 8>&- &
-runner_pid=$!
+child_pid=$!
 runner_ran=1
 set +m
 
 status=0
-wait_child "$runner_pid" || status=$?
-runner_pid=""
+wait_child "$child_pid" || status=$?
+child_pid=""
 case $status in
     0) say "pass (seed $seed)" ;;
     124) warn "the runner did not finish within ${limit}s (seed $seed)" ;;

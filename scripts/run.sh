@@ -24,61 +24,25 @@ FAKE_BT_PORT=50999
 BIN=$ROOT/build/limits
 FAKE_BIN=$ROOT/build/limits-fake-braintree
 
-server_pid=""
 fake_pid=""
-stack_started=0
-interrupted=0
-
-# shellcheck disable=SC2317 # reached through traps
-stop_server() {
-    [ -n "$server_pid" ] || return 0
-    if kill -0 "$server_pid" 2>/dev/null; then
-        kill -TERM -- "-$server_pid" 2>/dev/null || true
-        local i
-        for ((i = 0; i < 100; i++)); do
-            kill -0 "$server_pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$server_pid" 2>/dev/null; then
-            warn "server (pid $server_pid) ignored SIGTERM for 10s; killing it"
-            kill -KILL -- "-$server_pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=""
-}
+signal_note="stopping the server"
 
 # shellcheck disable=SC2317 # reached through traps
 cleanup() {
     local rc=$?
     trap '' INT TERM HUP # a second Ctrl-C must not leave the stack running
-    stop_server
+    stop_child 10 # the server: SIGKILL if it ignores SIGTERM for 10 s
     if [ -n "$fake_pid" ]; then
         kill -TERM "$fake_pid" 2>/dev/null || true
         wait "$fake_pid" 2>/dev/null || true
     fi
-    if [ "$stack_started" -eq 1 ]; then
-        bash "$ROOT/scripts/stack.sh" stop dev || warn "could not stop the dev stack; see scripts/stack.sh status dev"
-    fi
+    stop_stack dev
     exit "$rc"
 }
 
-# Before the server runs a signal just ends the script (cleanup runs on EXIT); once it runs,
-# the signal is passed on and the script waits for the server to exit.
-# shellcheck disable=SC2317 # reached through traps
-on_signal() { # signal-to-send exit-code
-    if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-        interrupted=1
-        say "stopping the server (SIG$1 to pid $server_pid)"
-        kill -s "$1" -- "-$server_pid" 2>/dev/null || true
-    else
-        exit "$2"
-    fi
-}
-trap cleanup EXIT
-trap 'on_signal INT 130' INT
-trap 'on_signal TERM 143' TERM
-trap 'on_signal TERM 129' HUP
+# Before the server runs a signal just ends the script; once it runs, the signal is passed on
+# and the script waits for the server to exit (scripts/lib.sh).
+trap_signals
 
 port_in_use() {
     if command -v ss >/dev/null 2>&1; then
@@ -104,13 +68,7 @@ if port_in_use "$FAKE_BT_PORT"; then
     die "port $FAKE_BT_PORT (the fake Braintree gateway) is already in use; stop that first"
 fi
 
-if bash "$ROOT/scripts/stack.sh" status dev >/dev/null 2>&1; then
-    say "dev stack already running; it will be left running"
-else
-    stack_started=1
-    bash "$ROOT/scripts/stack.sh" start dev
-fi
-eval "$(bash "$ROOT/scripts/stack.sh" env dev)"
+use_stack dev
 export LISTEN=$LISTEN_HOST:$LISTEN_PORT
 
 # The fake Braintree gateway on loopback, with the merchant and keys the server is given.
@@ -145,11 +103,11 @@ say "serving http://$LISTEN/ (Ctrl-C stops the server and the local stack)"
 # handling: a terminal Ctrl-C reaches only this script, which forwards exactly one signal.
 set -m
 "$BIN" serve </dev/null &
-server_pid=$!
+child_pid=$!
 set +m
 
 status=0
-wait_child "$server_pid" || status=$?
-server_pid=""
+wait_child "$child_pid" || status=$?
+child_pid=""
 say "server exited with status $status"
 exit "$status"

@@ -43,39 +43,17 @@ cd "$ROOT"
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 
-ctest_pid=""
-stack_started=0
-interrupted=0
-
 # shellcheck disable=SC2317 # reached through traps
 cleanup() {
     local rc=$?
     trap '' INT TERM HUP # a second Ctrl-C must not leave the stack running
-    if [ -n "$ctest_pid" ] && kill -0 "$ctest_pid" 2>/dev/null; then
-        kill -TERM -- "-$ctest_pid" 2>/dev/null || true
-        wait "$ctest_pid" 2>/dev/null || true
-    fi
-    if [ "$stack_started" -eq 1 ]; then
-        bash "$ROOT/scripts/stack.sh" stop test || warn "could not stop the test stack; see scripts/stack.sh status test"
-    fi
+    stop_child 0 # wait for ctest to finish
+    stop_stack test
     exit "$rc"
 }
-
-# Before ctest runs a signal just ends the script (cleanup runs on EXIT); while it runs,
-# the signal goes to ctest's process group and the script waits for ctest to finish.
-# shellcheck disable=SC2317 # reached through traps
-on_signal() { # signal-to-send exit-code
-    if [ -n "$ctest_pid" ] && kill -0 "$ctest_pid" 2>/dev/null; then
-        interrupted=1
-        kill -s "$1" -- "-$ctest_pid" 2>/dev/null || true
-    else
-        exit "$2"
-    fi
-}
-trap cleanup EXIT
-trap 'on_signal INT 130' INT
-trap 'on_signal TERM 143' TERM
-trap 'on_signal TERM 129' HUP
+# Before ctest runs a signal just ends the script; while it runs, the signal goes to ctest's
+# process group and the script waits for ctest to finish (scripts/lib.sh).
+trap_signals
 
 bash "$ROOT/scripts/install-deps.sh"
 
@@ -94,13 +72,7 @@ say "building into $build/ (${cmake_args[*]})"
 cmake -S . -B "$build" "${cmake_args[@]}"
 cmake --build "$build" -j "$(nproc)"
 
-if bash "$ROOT/scripts/stack.sh" status test >/dev/null 2>&1; then
-    say "test stack already running; it will be left running"
-else
-    stack_started=1
-    bash "$ROOT/scripts/stack.sh" start test
-fi
-eval "$(bash "$ROOT/scripts/stack.sh" env test)"
+use_stack test
 export LIM_TEST_DATABASE_URL=$DATABASE_URL
 export LIM_TEST_REDIS_URL=$REDIS_URL
 
@@ -109,12 +81,12 @@ say "ctest --test-dir $build --output-on-failure --no-tests=error ${ctest_args[*
 # to this script is handled at once and passed on to ctest and the test it is running.
 set -m
 ctest --test-dir "$build" --output-on-failure --no-tests=error "${ctest_args[@]}" </dev/null &
-ctest_pid=$!
+child_pid=$!
 set +m
 
 status=0
-wait_child "$ctest_pid" || status=$?
-ctest_pid=""
+wait_child "$child_pid" || status=$?
+child_pid=""
 if [ "$status" -eq 0 ]; then
     say "all tests passed ($build)"
 else
