@@ -110,6 +110,8 @@ static int services_reconciler(lim_app_t *app, const lim_config_t *cfg)
                      (unsigned long long) floor);
         o.grace_ms = floor;
     }
+    /* A batch's loads are looked up together, two gateway calls each (the ids, then the
+     * transactions): the batch ends within twice the gateway timeout, inside its lease. */
     if (o.lease_ms < cfg->braintree_timeout_ms * 2 + 10000)
         o.lease_ms = cfg->braintree_timeout_ms * 2 + 10000;
     return lim_reconcile_new(app->loop, app->store, app->bt, app->limits, &o, &app->reconciler);

@@ -1,7 +1,10 @@
 /*
- * reconcile.c: see reconcile.h. One load at a time per reconciler: a pass is a small state
- * machine (claim a batch → search each load's order id → finish it → next), driven by the
- * store's and the gateway's callbacks.
+ * reconcile.c: see reconcile.h. A pass is a small state machine driven by the store's and the
+ * gateway's callbacks: claim a batch → search every load's order id at once (one gateway call
+ * per load, all in flight together) → finish each as its answer comes → when the whole batch
+ * is done, claim the next. A batch therefore takes about one gateway call (at most the gateway
+ * timeout), well inside its lease (app.c), however slow the gateway; one load at a time, a
+ * batch of 32 against a gateway that hangs took 32 timeouts, and the lease ran out under it.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +24,7 @@ struct lim_reconciler_s {
     int closing;
     lim_load_t *batch; /* the claimed loads of this round */
     size_t n_batch, next;
+    unsigned jobs; /* loads of the batch being searched or finished now */
     lim_reconcile_stats_t st;
     lim_reconcile_done_cb done_cb; /* lim_reconcile_run's caller */
     void *done_arg;
@@ -115,6 +119,7 @@ static void on_finished(int status, int changed, const lim_load_t *load, void *a
                           load->amount_minor, load->status);
     }
     free(j);
+    r->jobs--;
     next_load(r);
 }
 
@@ -142,6 +147,7 @@ static void on_search(const lim_bt_result_t *res, void *arg)
         r->st.deferred++;
         log_action("reconcile: gateway not available; will retry", &j->load, res->detail);
         free(j);
+        r->jobs--;
         next_load(r);
         return;
     }
@@ -170,21 +176,29 @@ static void on_search(const lim_bt_result_t *res, void *arg)
         on_finished(rc, 0, NULL, j);
 }
 
+/* Start the search of every load of the batch not started yet; once none is left running,
+ * the batch is done. Called after the claim and after each load ends. */
 static void next_load(lim_reconciler_t *r)
 {
-    while (r->next < r->n_batch) {
+    while (r->next < r->n_batch && !r->closing) {
         job_t *j = malloc(sizeof(*j));
         if (j == NULL) {
+            /* The loads left keep their lease and come back in a later pass. */
             r->st.errors++;
+            r->next = r->n_batch;
             break;
         }
         j->r = r;
         j->load = r->batch[r->next++];
-        if (lim_bt_search_order(r->bt, j->load.order_id, on_search, j) == 0)
-            return;
-        r->st.deferred++;
-        free(j);
+        r->jobs++;
+        if (lim_bt_search_order(r->bt, j->load.order_id, on_search, j) != 0) {
+            r->st.deferred++;
+            r->jobs--;
+            free(j);
+        }
     }
+    if (r->jobs > 0)
+        return;
     /* The batch is done: a full one may have more behind it. */
     if (r->n_batch == r->opts.batch && !r->closing) {
         claim(r);

@@ -35,7 +35,7 @@ typedef struct lim_reconcile_opts_s {
     uint64_t interval_ms; /* between passes inside serve; default 10 s */
     uint64_t lease_ms;    /* how long a claim lasts; default 60 s */
     uint64_t idem_ttl_ms; /* Idempotency-Keys kept this long; default 24 h */
-    unsigned batch;       /* loads claimed at a time; default 32 */
+    unsigned batch;       /* loads claimed, and looked up at the gateway, at a time; 32 */
 } lim_reconcile_opts_t;
 
 typedef struct lim_reconcile_stats_s {

@@ -831,6 +831,12 @@ static lim_reconcile_stats_t reconcile_now(void)
     return r.st;
 }
 
+/* uvtest_run_until predicate: the fake holds (uintptr_t) arg hung requests. */
+static int all_hung(void *arg)
+{
+    return fake_stats().hung >= (uintptr_t) arg;
+}
+
 /* The Idempotency-Key record of an answer is written after the answer is sent (see
  * idempotency_retry_right_after_the_answer_is_replayed): tests about something else give it
  * time before retrying. */
@@ -1702,6 +1708,59 @@ Test(api_loads, charge_then_drop_is_202_then_reconciled_once, .init = init_short
     cr_assert_eq(sql_ll("SELECT balance_minor FROM cards WHERE id = %lld", card), 1500);
     cr_assert_eq(fake_stats().approved, 2);
     cr_assert_eq(count_loads("succeeded"), 2);
+}
+
+/* A pass looks up the loads of a batch together: with a gateway that answers nothing, all of
+ * them are at the gateway at once (one at a time, the first would hang alone until its timeout,
+ * and a batch of 32 took 32 timeouts, longer than its lease). The hung lookups end deferred;
+ * the next pass settles every load. */
+Test(api_loads, reconciliation_looks_up_a_batch_at_once, .init = init_short, .fini = fini)
+{
+    const long long card = users[0].card_id[0];
+    enum { N = 6 };
+    lim_reconcile_opts_t o;
+    lim_reconciler_t *rc;
+    lim_fake_bt_faults_t f;
+    rec_t done = {0};
+    int closed = 0;
+
+    /* Loads whose answer was lost, never charged (the gateway has no such order). */
+    sql("INSERT INTO loads (card_id, user_id, amount_minor, status, order_id, created_at)"
+        " SELECT %lld, user_id, 100, 'unknown', 'lost-' || g, now() - interval '1 hour'"
+        " FROM cards, generate_series(1, %d) g WHERE id = %lld",
+        card, N, card);
+    memset(&f, 0, sizeof(f));
+    f.mode = LIM_FAKE_BT_FAULT_HANG;
+    f.scope = LIM_FAKE_BT_SCOPE_ALL;
+    f.share = 1.0;
+    f.status = 503; /* unused by HANG, but checked */
+    f.seed = 1;
+    cr_assert_eq(lim_fake_bt_set_faults(fk, &f), 0);
+
+    lim_reconcile_opts_defaults(&o);
+    o.grace_ms = 1;
+    cr_assert_eq(lim_reconcile_new(&loop, app.store, app.bt, app.limits, &o, &rc), 0);
+    lim_reconcile_run(rc, on_reconciled, &done);
+    cr_assert(uvtest_run_until(&loop, all_hung, (void *) (uintptr_t) N, 300),
+              "%llu of %d lookups at the gateway together", (unsigned long long) fake_stats().hung,
+              N);
+    cr_assert_eq(done.done, 0);
+    set_fault(LIM_FAKE_BT_FAULT_NONE, 0);
+    /* They end at the gateway timeout (400 ms here), together. */
+    cr_assert(uvtest_run_until(&loop, flag_set, &done.done, 3000), "the pass did not end");
+    cr_assert_eq(done.st.examined, N);
+    cr_assert_eq(done.st.deferred, N);
+    cr_assert_eq(count_loads("unknown"), N);
+    lim_reconcile_close(rc, on_reconciler_closed, &closed);
+    cr_assert(uvtest_run_until(&loop, flag_set, &closed, 10000), "the reconciler did not close");
+
+    /* Their leases hold them for a while; then the next pass settles them all. */
+    sql("UPDATE loads SET reconcile_after = NULL WHERE order_id LIKE 'lost-%%'");
+    lim_reconcile_stats_t st = reconcile_now();
+    cr_assert_eq(st.examined, N);
+    cr_assert_eq(st.failed, N);
+    cr_assert_eq(count_loads("failed"), N);
+    cr_assert_eq(sql_ll("SELECT balance_minor FROM cards WHERE id = %lld", card), 0);
 }
 
 static void scenario_no_charge_then_failed(lim_fake_bt_fault_mode_t mode)

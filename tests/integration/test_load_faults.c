@@ -787,10 +787,11 @@ static void charge_then_drop(int redis)
     n_txns = fkit_fake_txns(st.fake_port, &txns);
     free(txns);
     cr_assert(n_txns == CHARGED, "%s: a retry of a pending load charged again", label);
-    /* Every gateway call now takes 40 ms more, so one reconciler cannot settle all alone
-     * before the others tick. */
+    /* Every gateway call now takes 700 ms more (below BT_TIMEOUT): a reconciler looks up its
+     * batch (at most 32 loads, all at once) in two calls, so each batch takes ~1.4 s, longer
+     * than the others' 1 s ticks, and the 75 loads (three batches or more) are shared out. */
     fkit_fake_faults(st.fake_port,
-                     "{\"mode\": \"latency\", \"latency_ms\": 40, \"scope\": \"all\"}");
+                     "{\"mode\": \"latency\", \"latency_ms\": 700, \"scope\": \"all\"}");
 
     /* Both servers reconcile every second; a third reconciler races them. */
     server_env(&st, &e, db, st.redis);
