@@ -102,16 +102,16 @@ pin_stack() {
 
 # stack_settings: a few settings for a benchmark database (no durability is given up: fsync and
 # synchronous_commit stay on, as in the dev stack). max_connections (BENCH_MAX_CONNECTIONS, 200)
-# covers pgbench -c 64 plus the server's pool (bench/loads.sh raises it for pgbench -c 1000); the rest are quiet logs, and no extension or timing left over from a
-# diagnosis session (pg_stat_statements, track_*_timing). Written with ALTER SYSTEM; PostgreSQL
-# is restarted when a setting needs it.
+# covers pgbench -c 64 plus the server's pool (bench/loads.sh raises it for pgbench -c 1000);
+# the rest are quiet logs, and no extension or timing left over from a diagnosis session
+# (pg_stat_statements, track_*_timing), unless BENCH_PGSS=1 asks for pg_stat_statements.
+# Written with ALTER SYSTEM; PostgreSQL is restarted when a setting needs it.
 stack_settings() {
     local want=${BENCH_MAX_CONNECTIONS:-200} want_spl=
     local -a diag=()
     if [[ ${BENCH_PGSS:-0} == 1 ]]; then
         want_spl=pg_stat_statements
-        diag=(-c "ALTER SYSTEM SET shared_preload_libraries = pg_stat_statements"
-            -c "ALTER SYSTEM SET pg_stat_statements.track = 'all'")
+        diag=(-c "ALTER SYSTEM SET shared_preload_libraries = pg_stat_statements")
     fi
     psql_admin -c "ALTER SYSTEM RESET ALL" -c "ALTER SYSTEM SET max_connections = $want" \
         -c "ALTER SYSTEM SET log_min_messages = warning" "${diag[@]}" \
@@ -126,6 +126,11 @@ stack_settings() {
         STACK_STARTED=1
         PG_POSTMASTER=$(awk 'NR == 1' "$(stack_pgdata)/postmaster.pid")
         REDIS_PID=$(cat "$ROOT/.local/bench/redis.pid")
+    fi
+    # Nested statements too (the load flow's functions). Only once the module is loaded:
+    # PostgreSQL refuses its settings before.
+    if [[ ${BENCH_PGSS:-0} == 1 ]]; then
+        psql_admin -c "ALTER SYSTEM SET pg_stat_statements.track = 'all'"             -c "SELECT pg_reload_conf()" >/dev/null || die "cannot set pg_stat_statements.track"
     fi
 }
 
@@ -373,9 +378,10 @@ auth_lookups() {
 }
 # pgss_dump: with BENCH_PGSS=1 (diagnosis: pg_stat_statements preloaded, nested statements
 # tracked), the statements of the run just measured, most total time first: calls, mean and
-# total ms, shared buffers hit/read/dirtied per call, rows per call.
+# total ms, shared buffers hit/read/dirtied per call, rows per call. measured() created the
+# extension when it reset the counters.
 pgss_dump() {
-    psql_su -P pager=off -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "
+    psql_su -P pager=off -c "
         SELECT calls, round(mean_exec_time::numeric, 4) AS mean_ms,
                round(total_exec_time::numeric, 1) AS total_ms,
                round(shared_blks_hit::numeric / calls, 1) AS hit,

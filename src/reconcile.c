@@ -1,10 +1,10 @@
 /*
  * reconcile.c: see reconcile.h. A pass is a small state machine driven by the store's and the
- * gateway's callbacks: claim a batch → search every load's order id at once (one gateway call
- * per load, all in flight together) → finish each as its answer comes → when the whole batch
- * is done, claim the next. A batch therefore takes about one gateway call (at most the gateway
- * timeout), well inside its lease (app.c), however slow the gateway; one load at a time, a
- * batch of 32 against a gateway that hangs took 32 timeouts, and the lease ran out under it.
+ * gateway's callbacks: claim a batch → search every load's order id at once (one search per
+ * load, two gateway calls each, all loads in flight together) → finish each as its answer
+ * comes → when the whole batch is done, claim the next. A batch therefore ends within twice
+ * the gateway timeout, inside its lease (app.c), however slow the gateway; one load at a time,
+ * a batch of 32 against a gateway that hangs took 32 timeouts, and the lease ran out under it.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -190,10 +190,11 @@ static void next_load(lim_reconciler_t *r)
         }
         j->r = r;
         j->load = r->batch[r->next++];
-        r->jobs++;
-        if (lim_bt_search_order(r->bt, j->load.order_id, on_search, j) != 0) {
+        /* The callback never runs inside the call (braintree.h). */
+        if (lim_bt_search_order(r->bt, j->load.order_id, on_search, j) == 0) {
+            r->jobs++;
+        } else {
             r->st.deferred++;
-            r->jobs--;
             free(j);
         }
     }
